@@ -1,0 +1,429 @@
+"""Hand one claimed event to its plugins, then carry out what they intend.
+
+Each hook implementation is called on its own thread with its own time budget and its
+own exception handling, and its outcome is written to the ledger at once. A call that
+succeeded is never repeated: on a retry its ledger row supplies what it put on the
+context, and its recorded actions are executed again under the same idempotency keys.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from runner import store as st
+from runner.actions import Action, Reply, action_from_dict
+from runner.context import AgentMailReader, Context, PluginState, SendProposal
+from runner.errors import PermanentError
+from runner.events import Event
+from runner.executor import ActionFailed, Executor, idempotency_key, reply_recipients
+from runner.guard import SendGuard, normalise_address
+from runner.hookspecs import STAGES
+from runner.loader import LoadedPlugin, PluginSet, call_one
+
+if TYPE_CHECKING:
+    from agentmail import AgentMail
+
+    from runner.config import RunnerSettings
+    from runner.metrics import Metrics
+
+__all__ = ["Dispatcher", "Outcome", "PermanentError"]
+
+log = logging.getLogger("agentmail_runner.dispatch")
+trace_log = logging.getLogger("agentmail_runner.trace")
+
+# Ledger statuses: "acted" means the call succeeded and its actions are not all done.
+SUCCEEDED, ACTED, FAILED, PERMANENT = "succeeded", "acted", "failed", "permanent"
+REJECTED = "rejected"  # an action AgentMail refused for good (a 4xx)
+
+
+class PluginTimeout(Exception):
+    pass
+
+
+@dataclass
+class Outcome:
+    """What became of one attempt at an event."""
+
+    status: str  # "done", "retry", "dead" or "lost" (the lease was taken over)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def error(self) -> str | None:
+        return "; ".join(self.errors) or None
+
+
+def backoff(attempt: int, base: float, cap: float) -> float:
+    """Exponential backoff with equal jitter: half fixed, half random."""
+    delay = min(cap, base * 2.0 ** max(attempt - 1, 0))
+    return delay / 2 + random.uniform(0, delay / 2)
+
+
+class Dispatcher:
+    """Runs the stages for one event and records every step in the store."""
+
+    def __init__(
+        self,
+        *,
+        store: st.Store,
+        plugins: PluginSet,
+        executor: Executor,
+        guard: SendGuard,
+        settings: RunnerSettings,
+        metrics: Metrics,
+        api_client: AgentMail | None,
+        timeouts: dict[str, float] | None = None,
+    ) -> None:
+        self.store = store
+        self.plugins = plugins
+        self.executor = executor
+        self.guard = guard
+        self.settings = settings
+        self.metrics = metrics
+        self.api_client = api_client
+        self.timeouts = timeouts or {}
+        self.trace = os.environ.get("AGENTMAIL_RUNNER_TRACE_PLUGINS", "") not in (
+            "",
+            "0",
+        )
+
+    @property
+    def dry_run(self) -> bool:
+        return self.executor.dry_run
+
+    def process(
+        self,
+        row: st.EventRow,
+        owner: str,
+        *,
+        keep_lease: Callable[[], bool] | None = None,
+    ) -> Outcome:
+        """One attempt: call what has not succeeded, execute what is not done."""
+        keep_lease = keep_lease or (lambda: True)
+        try:
+            event = Event(json.loads(row.payload), delivery_id=row.delivery_id or "")
+        except ValueError as exc:
+            return Outcome("dead", [f"stored payload is not JSON: {exc}"])
+
+        outcome = Outcome("done")
+        ledger = self.store.ledger_for(row.pk)
+        data: dict[str, Any] = {}
+        subscribed = self.plugins.subscribed(event)
+        for stage in STAGES:
+            for plugin in subscribed:
+                impl = self.plugins.implementation(plugin.name, stage)
+                if impl is None:
+                    continue
+                done = ledger.get((plugin.name, stage))
+                if done is not None and done.status in (SUCCEEDED, ACTED):
+                    data.update(done.data)
+                    continue
+                if done is not None and done.status == PERMANENT:
+                    outcome.errors.append(f"{plugin.name}.{stage}: {done.error}")
+                    continue
+                if not keep_lease():
+                    return Outcome("lost", ["the lease was lost"])
+                self._call(row, event, plugin, stage, impl, data, outcome)
+
+        if not keep_lease():
+            return Outcome("lost", ["the lease was lost"])
+        self._execute_actions(row, event, outcome)
+        return self._settle(row, outcome)
+
+    # -- plugin calls ----------------------------------------------------------
+
+    def _context(
+        self, event: Event, plugin: LoadedPlugin, data: dict[str, Any], attempt: int
+    ) -> Context:
+        return Context(
+            event=event,
+            plugin=plugin.name,
+            config=plugin.config,
+            state=PluginState(self.store, plugin.name),
+            api=AgentMailReader(
+                self.api_client,
+                inbox_id=event.inbox_id,
+                timeout=self.settings.api_timeout_seconds,
+            ),
+            data=data,
+            dry_run=self.dry_run,
+            attempt=attempt,
+        )
+
+    def _call(
+        self,
+        row: st.EventRow,
+        event: Event,
+        plugin: LoadedPlugin,
+        stage: str,
+        impl: Any,
+        data: dict[str, Any],
+        outcome: Outcome,
+    ) -> None:
+        context = self._context(event, plugin, data, row.attempts)
+        budget = self.timeouts.get(plugin.name, self.settings.plugin_timeout_seconds)
+        if self.trace:
+            trace_log.info(
+                "call %s.%s event=%s attempt=%d",
+                plugin.name,
+                stage,
+                row.event_key,
+                row.attempts,
+            )
+        started = time.perf_counter()
+        status, error, planned = SUCCEEDED, None, []
+        try:
+            result = _call_with_budget(
+                lambda: call_one(impl, event=event, context=context),
+                budget,
+                name=f"{plugin.name}.{stage}",
+            )
+            planned = self._plan(row, event, plugin.name, stage, result)
+            if planned:
+                status = ACTED
+        except PluginTimeout:
+            status, error = FAILED, f"timed out after {budget:g} s"
+        except PermanentError as exc:
+            status, error = PERMANENT, f"{type(exc).__name__}: {exc}"
+        except Exception as exc:
+            status, error = FAILED, _describe(exc)
+        duration = time.perf_counter() - started
+        contributions = context.contributions()  # closes it, also to a late writer
+        if status not in (SUCCEEDED, ACTED):
+            contributions = {}
+
+        self.store.record_call(
+            row.pk,
+            plugin=plugin.name,
+            stage=stage,
+            status=status,
+            error=error,
+            data=contributions,
+            duration_ms=duration * 1000,
+            planned=planned,
+        )
+        self.metrics.plugin_calls.labels(plugin.name, stage, status).inc()
+        self.metrics.plugin_seconds.labels(plugin.name, stage).observe(duration)
+        if self.trace:
+            trace_log.info(
+                "done %s.%s event=%s status=%s actions=%d %.1f ms",
+                plugin.name,
+                stage,
+                row.event_key,
+                status,
+                len(planned),
+                duration * 1000,
+            )
+        if error is not None:
+            outcome.errors.append(f"{plugin.name}.{stage}: {error}")
+            level = logging.ERROR if status == PERMANENT else logging.WARNING
+            log.log(
+                level,
+                "event %s: plugin %s.%s %s: %s",
+                row.event_key,
+                plugin.name,
+                stage,
+                "failed for good" if status == PERMANENT else "failed",
+                error,
+            )
+        data.update(contributions)
+
+    def _plan(
+        self, row: st.EventRow, event: Event, plugin: str, stage: str, result: Any
+    ) -> list[st.PlannedAction]:
+        if result is None:
+            return []
+        if isinstance(result, Action):
+            result = [result]
+        planned = []
+        for position, action in enumerate(result):
+            if not isinstance(action, Action):
+                raise TypeError(
+                    f"{plugin}.{stage} returned {type(action).__name__}, not an action "
+                    "(return a list of runner.Reply, runner.Send, ... or None)"
+                )
+            recipients = self._recipients(event, action)
+            planned.append(
+                st.PlannedAction(
+                    position=position,
+                    kind=action.kind,
+                    params=action.to_dict(),
+                    idempotency_key=idempotency_key(
+                        row.event_key, plugin, stage, position
+                    ),
+                    inbox_id=event.inbox_id,
+                    thread_id=event.thread_id,
+                    recipient=normalise_address(recipients[0]) if recipients else "",
+                )
+            )
+        return planned
+
+    def _recipients(self, event: Event, action: Action) -> tuple[str, ...]:
+        if isinstance(action, Reply):
+            return reply_recipients(event, action)
+        return action.recipients()
+
+    # -- actions ---------------------------------------------------------------
+
+    def _execute_actions(
+        self, row: st.EventRow, event: Event, outcome: Outcome
+    ) -> None:
+        ledger = self.store.ledger_for(row.pk)
+        for action_row in self.store.actions_for(row.pk):
+            if action_row.status not in (st.PLANNED, st.FAILED):
+                if action_row.status == REJECTED:
+                    outcome.errors.append(
+                        f"{action_row.plugin}: {action_row.kind}: {action_row.error}"
+                    )
+                continue
+            call = ledger.get((action_row.plugin, action_row.stage))
+            if call is None or call.status != ACTED:
+                continue
+            self._execute_one(row, event, action_row, outcome)
+
+        finished = {st.EXECUTED, st.VETOED, st.RECORDED}
+        by_call: dict[tuple[str, str], list[str]] = {}
+        for action_row in self.store.actions_for(row.pk):
+            key = (action_row.plugin, action_row.stage)
+            by_call.setdefault(key, []).append(action_row.status)
+        for (plugin, stage), statuses in by_call.items():
+            call = ledger.get((plugin, stage))
+            if call is not None and call.status == ACTED and set(statuses) <= finished:
+                self.store.set_ledger_status(row.pk, plugin, stage, SUCCEEDED, None)
+
+    def _execute_one(
+        self, row: st.EventRow, event: Event, action_row: st.ActionRow, outcome: Outcome
+    ) -> None:
+        action = action_from_dict(action_row.params)
+        recipients = self._recipients(event, action)
+        try:
+            reason = self._veto(event, action, action_row.plugin, recipients)
+        except Exception as exc:
+            error = f"a veto_send hook failed, so nothing was sent: {_describe(exc)}"
+            self._record_action(row, action_row, st.FAILED, None, error)
+            outcome.errors.append(error)
+            return
+        if reason is not None:
+            self._record_action(row, action_row, st.VETOED, None, reason)
+            return
+        try:
+            result = self.executor.execute(event, action, action_row.idempotency_key)
+        except ActionFailed as exc:
+            status = REJECTED if exc.permanent else st.FAILED
+            self._record_action(row, action_row, status, None, str(exc))
+            outcome.errors.append(f"{action_row.plugin}: {action.kind}: {exc}")
+            return
+        status = st.RECORDED if self.executor.dry_run else st.EXECUTED
+        self._record_action(row, action_row, status, result, None)
+
+    def _veto(
+        self, event: Event, action: Action, plugin: str, recipients: tuple[str, ...]
+    ) -> str | None:
+        reason = self.guard.check(event, action, recipients)
+        if reason is not None or not action.sends_email:
+            return reason
+        proposal = SendProposal(
+            action=action,
+            plugin=plugin,
+            event=event,
+            inbox_id=event.inbox_id,
+            recipients=recipients,
+        )
+        for loaded in self.plugins.plugins:
+            impl = self.plugins.implementation(loaded.name, "veto_send")
+            if impl is None:
+                continue
+            context = self._context(event, loaded, {}, 0)
+            verdict = call_one(impl, proposal=proposal, context=context)
+            if verdict:
+                return f"vetoed by {loaded.name}: {verdict}"
+        return None
+
+    def _record_action(
+        self,
+        row: st.EventRow,
+        action_row: st.ActionRow,
+        status: str,
+        result: dict[str, Any] | None,
+        error: str | None,
+    ) -> None:
+        self.store.finish_action(
+            action_row.pk, status=status, result=result, error=error
+        )
+        self.metrics.actions.labels(action_row.kind, status).inc()
+        level = logging.WARNING if status in (st.FAILED, REJECTED) else logging.INFO
+        log.log(
+            level,
+            "event %s: %s %s by %s key=%s%s",
+            row.event_key,
+            action_row.kind,
+            status,
+            action_row.plugin,
+            action_row.idempotency_key,
+            f": {error}" if error else "",
+        )
+
+    # -- the attempt's end -----------------------------------------------------
+
+    def _settle(self, row: st.EventRow, outcome: Outcome) -> Outcome:
+        ledger = self.store.ledger_for(row.pk)
+        actions = self.store.actions_for(row.pk)
+        retryable = any(c.status == FAILED for c in ledger.values()) or any(
+            a.status == st.FAILED for a in actions
+        )
+        permanent = any(c.status == PERMANENT for c in ledger.values()) or any(
+            a.status == REJECTED for a in actions
+        )
+        if retryable:
+            if row.attempts >= self.settings.max_attempts:
+                outcome.status = "dead"
+                outcome.errors.insert(0, f"gave up after {row.attempts} attempts")
+            else:
+                outcome.status = "retry"
+        elif permanent:
+            outcome.status = "dead"
+        return outcome
+
+    def next_attempt_at(self, attempts: int) -> float:
+        s = self.settings
+        return time.time() + backoff(
+            attempts, s.retry_base_seconds, s.retry_max_seconds
+        )
+
+
+def _describe(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+def _call_with_budget(fn: Callable[[], Any], budget: float, *, name: str) -> Any:
+    """Run ``fn`` on its own thread; give up waiting after ``budget`` seconds.
+
+    A Python thread cannot be killed, so a plugin that hangs keeps its thread until it
+    returns; its result is then discarded, and its context is closed to further writes.
+    """
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = fn()
+        except BaseException as exc:  # handed to the caller's thread below
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name=f"plugin:{name}", daemon=True)
+    thread.start()
+    thread.join(budget)
+    if thread.is_alive():
+        raise PluginTimeout(name)
+    if "error" in box:
+        raise box["error"]
+    return box.get("result")

@@ -1,0 +1,206 @@
+"""The HTTP side: ``POST /webhook`` and the health and metrics endpoints.
+
+The webhook handler verifies first, stores second and answers last: a 2xx means the
+event is committed. It reads at most ``max_body_bytes`` + 1 bytes of raw body, never
+``request.json``, and never logs the body.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from runner.store import StoreUnavailable
+from runner.verify import VerificationError
+
+if TYPE_CHECKING:
+    from runner.runtime import Runtime
+
+__all__ = ["accept_delivery", "create_app"]
+
+log = logging.getLogger("agentmail_runner.ingress")
+
+bp = Blueprint("ingress", __name__)
+
+
+def runtime() -> Runtime:
+    rt: Runtime = current_app.extensions["agentmail_runner"]
+    return rt
+
+
+def create_app(rt: Runtime) -> Flask:
+    """The runner's WSGI application."""
+    app = Flask("agentmail_runner")
+    app.extensions["agentmail_runner"] = rt
+    # A trailing slash must not turn into a redirect: Svix counts 3xx as failure.
+    app.url_map.strict_slashes = False
+    app.register_blueprint(bp)
+    return app
+
+
+def _json(code: int, **body: Any) -> Response:
+    response = jsonify(body)
+    response.status_code = code
+    return response
+
+
+def _read_body(limit: int) -> bytes | None:
+    """The raw body, or None when it is longer than ``limit``."""
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    stream = request.stream
+    while True:
+        chunk = stream.read(min(65536, limit + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return None
+    return b"".join(chunks)
+
+
+@bp.post("/webhook")
+def webhook() -> Response:
+    rt = runtime()
+    body = _read_body(rt.settings.max_body_bytes)
+    if body is None:
+        rt.metrics.deliveries.labels("too_large").inc()
+        return _json(413, error=f"body larger than {rt.settings.max_body_bytes} bytes")
+    client = request.remote_addr or "unknown"
+    assert rt.verifier is not None, "the web app needs a verifier"
+    try:
+        verified = rt.verifier.verify(body, request.headers)
+    except VerificationError as exc:
+        rt.metrics.verification_failures.inc()
+        if rt.limiter.hit(client):
+            skipped = rt.limiter.suppressed(client)
+            log.warning(
+                "rejected a delivery from %s: %s%s",
+                client,
+                exc,
+                f" ({skipped} more not logged)" if skipped else "",
+            )
+            rt.metrics.deliveries.labels("unauthenticated").inc()
+            return _json(401, error=f"signature verification failed: {exc}")
+        rt.metrics.deliveries.labels("rate_limited").inc()
+        response = _json(429, error="too many failed verifications from this address")
+        response.headers["Retry-After"] = "60"
+        return response
+
+    try:
+        outcome, key = accept_delivery(rt, body, verified.delivery_id, verified.scheme)
+    except StoreUnavailable as exc:
+        log.error("store unavailable, answering 503 so the sender retries: %s", exc)
+        rt.metrics.deliveries.labels("store_unavailable").inc()
+        response = _json(503, error="the event store is unavailable; retry later")
+        response.headers["Retry-After"] = "5"
+        return response
+    rt.metrics.deliveries.labels(outcome).inc()
+    return _json(200, status=outcome, event=key)
+
+
+def accept_delivery(
+    rt: Runtime, body: bytes, delivery_id: str, scheme: str
+) -> tuple[str, str]:
+    """Store an authentic delivery: ("accepted" | "duplicate" | "dead_letter", key).
+
+    A payload that cannot be used (not JSON, no event type) is still stored, as a dead
+    letter with the reason, and acknowledged: the sender would only send it again.
+    """
+    payload, reason = _parse(body)
+    event_id = str(payload.get("event_id") or "") if payload else ""
+    event_type = str(payload.get("event_type") or "") if payload else ""
+    if event_id:
+        key = event_id
+    elif delivery_id:
+        key = f"delivery:{delivery_id}"
+    else:
+        key = "sha256:" + hashlib.sha256(body).hexdigest()
+    text = body.decode("utf-8", errors="replace")
+    pk = rt.store.insert_event(
+        event_key=key,
+        event_id=event_id or None,
+        delivery_id=delivery_id or None,
+        event_type=event_type,
+        payload=text,
+        scheme=scheme,
+        dead_reason=reason,
+    )
+    if pk is None:
+        log.info("event %s %s: duplicate delivery, already stored", key, event_type)
+        return "duplicate", key
+    if reason is not None:
+        log.error(
+            "event %s: authentic but unusable, kept as a dead letter: %s", key, reason
+        )
+        return "dead_letter", key
+    rt.wakeup.notify()
+    log.info("event %s %s: accepted (%s)", key, event_type, scheme)
+    return "accepted", key
+
+
+def _parse(body: bytes) -> tuple[dict[str, Any] | None, str | None]:
+    try:
+        payload = json.loads(body)
+    except UnicodeDecodeError:
+        return None, "the body is not UTF-8 text"
+    except ValueError as exc:
+        return None, f"the body is not JSON: {exc}"
+    if not isinstance(payload, dict):
+        return None, f"the body is JSON {type(payload).__name__}, not an object"
+    if not payload.get("event_type"):
+        return payload, "the payload has no event_type"
+    return payload, None
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    return _json(200, status="ok")
+
+
+@bp.get("/readyz")
+def readyz() -> Response:
+    rt = runtime()
+    checks: dict[str, Any] = {}
+    ready = True
+    try:
+        rt.store.ping()
+        checks["store"] = "ok"
+        lag_since = rt.store.oldest_due()
+        checks["queue_lag_seconds"] = (
+            round(time.time() - lag_since, 3) if lag_since is not None else 0.0
+        )
+    except StoreUnavailable as exc:
+        checks["store"] = f"unavailable: {exc}"
+        ready = False
+    checks["plugins"] = {p.name: "loaded" for p in rt.plugins.plugins}
+    checks["plugins"].update(
+        {name: f"failed: {error}" for name, error in rt.plugins.failures.items()}
+    )
+    checks["dry_run"] = rt.dry_run
+    return _json(200 if ready else 503, ready=ready, checks=checks)
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    rt = runtime()
+    try:
+        for status, count in rt.store.count_by_status().items():
+            rt.metrics.queue_depth.labels(status).set(count)
+        oldest = rt.store.oldest_due()
+        rt.metrics.queue_lag.set(time.time() - oldest if oldest else 0.0)
+    except StoreUnavailable:
+        pass  # the counters are still worth serving; /readyz reports the store
+    return Response(
+        generate_latest(rt.metrics.registry), content_type=CONTENT_TYPE_LATEST
+    )

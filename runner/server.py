@@ -1,0 +1,107 @@
+"""Run the runner: the web side on waitress, the workers on threads, a clean drain.
+
+On SIGTERM (or Ctrl-C) the server stops accepting, lets requests in flight finish
+storing, then gives the workers ``drain_seconds`` to finish the event in hand. What is
+not finished by then is released back to the queue, or, if the process dies first,
+claimed again when its lease expires. Nothing acknowledged is lost either way.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+from runner.ingress import create_app
+from runner.runtime import Runtime
+
+__all__ = ["serve", "work"]
+
+log = logging.getLogger("agentmail_runner")
+
+
+class _Stop(SystemExit):
+    """Raised in the main thread by the signal handler to end waitress's loop."""
+
+
+def _on_signal(stop: threading.Event) -> Callable[[int, FrameType | None], None]:
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        if stop.is_set():
+            return
+        stop.set()
+        log.info("received %s, draining", signal.Signals(signum).name)
+        raise _Stop(0)
+
+    return handler
+
+
+def _install_handlers(stop: threading.Event) -> None:
+    handler = _on_signal(stop)
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def make_server(rt: Runtime, *, host: str, port: int) -> Any:
+    """A waitress server for the runner's app (not yet running)."""
+    from waitress import create_server
+
+    app = create_app(rt)
+    return create_server(
+        app,
+        host=host,
+        port=port,
+        threads=rt.settings.http_threads,
+        # waitress buffers the whole body before the app sees it; stop large ones there.
+        max_request_body_size=rt.settings.max_body_bytes + 1,
+        ident="agentmail-runner",
+        clear_untrusted_proxy_headers=True,
+    )
+
+
+def serve(rt: Runtime, *, host: str, port: int, workers: int | None = None) -> int:
+    """Web and workers in one process until SIGTERM; the exit status."""
+    stop = threading.Event()
+    server = make_server(rt, host=host, port=port)
+    rt.start_workers(workers)
+    _install_handlers(stop)
+    log.info(
+        "listening on http://%s:%s/webhook with %d worker(s)%s",
+        host,
+        server.effective_port,
+        len(rt.workers),
+        " in DRY-RUN (no action is executed)" if rt.dry_run else "",
+    )
+    try:
+        server.run()
+    except _Stop:
+        pass
+    finally:
+        server.close()
+        in_time = rt.stop_workers()
+        log.info(
+            "stopped%s",
+            "" if in_time else "; unfinished events were released to the queue",
+        )
+    return 0
+
+
+def work(rt: Runtime, *, workers: int | None = None) -> int:
+    """Workers only (``agentmail-runner worker``) until SIGTERM."""
+    stop = threading.Event()
+    _install_handlers(stop)
+    rt.start_workers(workers)
+    log.info(
+        "%d worker(s) started%s", len(rt.workers), " in DRY-RUN" if rt.dry_run else ""
+    )
+    try:
+        while not stop.wait(3600):
+            pass
+    except _Stop:
+        pass
+    finally:
+        in_time = rt.stop_workers()
+        log.info("stopped%s", "" if in_time else "; unfinished events released")
+    return 0

@@ -1,0 +1,780 @@
+"""The inbox is the queue: events, leases, the per-plugin ledger, actions, plugin state.
+
+One store holds the truth, written with SQLAlchemy Core so that one schema serves
+SQLite (the embedded default, WAL) and PostgreSQL. An event is committed before the
+webhook is acknowledged; workers claim it with a lease that expires if they die; the
+ledger records each plugin call so that a retry re-runs only what did not succeed; the
+action log records each intended action, with its idempotency key, before it executes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+__all__ = [
+    "ActionRow",
+    "EventRow",
+    "LedgerRow",
+    "Store",
+    "StoreUnavailable",
+    "database_url",
+]
+
+log = logging.getLogger("agentmail_runner.store")
+
+SCHEMA_VERSION = 1
+
+metadata = sa.MetaData()
+
+# BIGINT keys on PostgreSQL; SQLite needs INTEGER for its rowid alias.
+_Key = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", _Key, primary_key=True, autoincrement=True),
+    sa.Column("event_key", sa.String(320), nullable=False, unique=True),
+    sa.Column("event_id", sa.String(300)),
+    sa.Column("delivery_id", sa.String(300)),
+    sa.Column("event_type", sa.String(200), nullable=False, default=""),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("scheme", sa.String(20), nullable=False, default=""),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("received_at", sa.Float, nullable=False),
+    sa.Column("next_attempt_at", sa.Float, nullable=False),
+    sa.Column("lease_owner", sa.String(120)),
+    sa.Column("lease_expires_at", sa.Float),
+    sa.Column("last_error", sa.Text),
+    sa.Column("finished_at", sa.Float),
+    sa.Index("ix_events_claim", "status", "next_attempt_at"),
+    sa.Index("ix_events_received", "received_at"),
+)
+
+ledger = sa.Table(
+    "ledger",
+    metadata,
+    sa.Column("id", _Key, primary_key=True, autoincrement=True),
+    sa.Column(
+        "event_pk", _Key, sa.ForeignKey("events.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("plugin", sa.String(200), nullable=False),
+    sa.Column("stage", sa.String(20), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("error", sa.Text),
+    sa.Column("data", sa.Text),
+    sa.Column("duration_ms", sa.Float),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.UniqueConstraint("event_pk", "plugin", "stage", name="uq_ledger_call"),
+)
+
+actions = sa.Table(
+    "actions",
+    metadata,
+    sa.Column("id", _Key, primary_key=True, autoincrement=True),
+    sa.Column(
+        "event_pk", _Key, sa.ForeignKey("events.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("plugin", sa.String(200), nullable=False),
+    sa.Column("stage", sa.String(20), nullable=False),
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("kind", sa.String(40), nullable=False),
+    sa.Column("params", sa.Text, nullable=False),
+    sa.Column("idempotency_key", sa.String(256), nullable=False, unique=True),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("result", sa.Text),
+    sa.Column("error", sa.Text),
+    sa.Column("inbox_id", sa.String(320)),
+    sa.Column("thread_id", sa.String(320)),
+    sa.Column("recipient", sa.String(320)),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("executed_at", sa.Float),
+    sa.Index("ix_actions_event", "event_pk"),
+    sa.Index("ix_actions_thread", "thread_id", "kind", "status"),
+    sa.Index("ix_actions_recipient", "recipient", "kind", "status"),
+)
+
+plugin_state = sa.Table(
+    "plugin_state",
+    metadata,
+    sa.Column("plugin", sa.String(200), primary_key=True),
+    sa.Column("key", sa.String(500), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+schema_meta = sa.Table(
+    "schema_meta",
+    metadata,
+    sa.Column("key", sa.String(100), primary_key=True),
+    sa.Column("value", sa.String(200), nullable=False),
+)
+
+# Event statuses. "pending" waits for next_attempt_at; "running" holds a lease.
+PENDING, RUNNING, DONE, DEAD = "pending", "running", "done", "dead"
+# Action statuses.
+PLANNED, EXECUTED, FAILED, VETOED, RECORDED = (
+    "planned",
+    "done",
+    "failed",
+    "vetoed",
+    "recorded",
+)
+
+
+class StoreUnavailable(Exception):
+    """The database cannot be reached or written; the caller should answer 503."""
+
+
+@dataclass(frozen=True)
+class EventRow:
+    pk: int
+    event_key: str
+    event_id: str | None
+    delivery_id: str | None
+    event_type: str
+    payload: str
+    scheme: str
+    status: str
+    attempts: int
+    received_at: float
+    next_attempt_at: float
+    lease_owner: str | None
+    lease_expires_at: float | None
+    last_error: str | None
+    finished_at: float | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> EventRow:
+        m = row._mapping
+        return cls(pk=m["id"], **{k: m[k] for k in _EVENT_FIELDS})
+
+
+_EVENT_FIELDS = [c.name for c in events.columns if c.name != "id"]
+
+
+@dataclass(frozen=True)
+class LedgerRow:
+    plugin: str
+    stage: str
+    status: str
+    attempts: int
+    error: str | None
+    data: dict[str, Any]
+    duration_ms: float | None
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class ActionRow:
+    pk: int
+    event_pk: int
+    plugin: str
+    stage: str
+    position: int
+    kind: str
+    params: dict[str, Any]
+    idempotency_key: str
+    status: str
+    attempts: int
+    result: dict[str, Any] | None
+    error: str | None
+    created_at: float
+    executed_at: float | None
+
+
+@dataclass(frozen=True)
+class PlannedAction:
+    """An action a plugin returned, ready to be written to the action log."""
+
+    position: int
+    kind: str
+    params: dict[str, Any]
+    idempotency_key: str
+    inbox_id: str = ""
+    thread_id: str = ""
+    recipient: str = ""
+
+
+def database_url(value: str) -> str:
+    """A SQLAlchemy URL from a database setting: a URL, or a path to a SQLite file."""
+    if "://" in value:
+        if value.startswith("postgres://"):
+            value = "postgresql://" + value.removeprefix("postgres://")
+        if value.startswith("postgresql://"):
+            value = "postgresql+psycopg://" + value.removeprefix("postgresql://")
+        return value
+    return f"sqlite:///{Path(value).expanduser()}"
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+class Store:
+    """All reads and writes of the runner's state."""
+
+    def __init__(self, url: str, *, create: bool = True) -> None:
+        self.url = database_url(url)
+        self.engine = _make_engine(self.url)
+        self.dialect = self.engine.dialect.name
+        if create:
+            self.create_schema()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except sa.exc.OperationalError as exc:
+            raise StoreUnavailable(str(exc.orig)) from exc
+        except sa.exc.InterfaceError as exc:
+            raise StoreUnavailable(str(exc.orig)) from exc
+
+    def create_schema(self) -> None:
+        with self._tx() as conn:
+            metadata.create_all(conn)
+            found = conn.execute(
+                sa.select(schema_meta.c.value).where(schema_meta.c.key == "version")
+            ).scalar()
+            if found is None:
+                conn.execute(
+                    schema_meta.insert().values(
+                        key="version", value=str(SCHEMA_VERSION)
+                    )
+                )
+            elif int(found) > SCHEMA_VERSION:
+                raise StoreUnavailable(
+                    f"the database has schema version {found}, newer than this "
+                    f"release's {SCHEMA_VERSION}: upgrade agentmail-runner"
+                )
+
+    def ping(self) -> None:
+        with self._tx() as conn:
+            conn.execute(sa.select(1))
+
+    # -- ingress ---------------------------------------------------------------
+
+    def insert_event(
+        self,
+        *,
+        event_key: str,
+        event_id: str | None,
+        delivery_id: str | None,
+        event_type: str,
+        payload: str,
+        scheme: str,
+        dead_reason: str | None = None,
+        now: float | None = None,
+    ) -> int | None:
+        """Store a delivered event; None when its key is already stored."""
+        now = time.time() if now is None else now
+        values = {
+            "event_key": event_key,
+            "event_id": event_id,
+            "delivery_id": delivery_id,
+            "event_type": event_type,
+            "payload": payload,
+            "scheme": scheme,
+            "status": DEAD if dead_reason else PENDING,
+            "attempts": 0,
+            "received_at": now,
+            "next_attempt_at": now,
+            "last_error": dead_reason,
+            "finished_at": now if dead_reason else None,
+        }
+        stmt = self._insert(events).values(**values)
+        stmt = stmt.on_conflict_do_nothing(index_elements=["event_key"])
+        with self._tx() as conn:
+            result = conn.execute(stmt.returning(events.c.id))
+            return result.scalar()
+
+    def _insert(self, table: sa.Table) -> Any:
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            return pg_insert(table)
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table)
+
+    # -- claims and leases -----------------------------------------------------
+
+    def claim(
+        self, owner: str, lease_seconds: float, *, now: float | None = None
+    ) -> EventRow | None:
+        """Take the next due event (or one whose lease expired) under a new lease."""
+        now = time.time() if now is None else now
+        due = (
+            sa.select(events.c.id)
+            .where(
+                sa.or_(
+                    sa.and_(
+                        events.c.status == PENDING, events.c.next_attempt_at <= now
+                    ),
+                    sa.and_(
+                        events.c.status == RUNNING, events.c.lease_expires_at < now
+                    ),
+                )
+            )
+            .order_by(events.c.next_attempt_at, events.c.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        stmt = (
+            events.update()
+            .where(events.c.id == due)
+            .values(
+                status=RUNNING,
+                lease_owner=owner,
+                lease_expires_at=now + lease_seconds,
+                attempts=events.c.attempts + 1,
+            )
+            .returning(*events.c)
+        )
+        with self._tx() as conn:
+            row = conn.execute(stmt).first()
+        return EventRow.from_row(row) if row is not None else None
+
+    def renew_lease(
+        self,
+        event_pk: int,
+        owner: str,
+        lease_seconds: float,
+        *,
+        now: float | None = None,
+    ) -> bool:
+        """Extend a lease; False when it was lost (expired and claimed by another)."""
+        now = time.time() if now is None else now
+        with self._tx() as conn:
+            result = conn.execute(
+                events.update()
+                .where(self._held(event_pk, owner))
+                .values(lease_expires_at=now + lease_seconds)
+            )
+            return bool(result.rowcount)
+
+    def _held(self, event_pk: int, owner: str) -> Any:
+        return sa.and_(
+            events.c.id == event_pk,
+            events.c.status == RUNNING,
+            events.c.lease_owner == owner,
+        )
+
+    def complete(self, event_pk: int, owner: str, *, now: float | None = None) -> bool:
+        now = time.time() if now is None else now
+        return self._finish(
+            event_pk, owner, status=DONE, last_error=None, finished_at=now
+        )
+
+    def reschedule(
+        self, event_pk: int, owner: str, *, next_attempt_at: float, error: str
+    ) -> bool:
+        return self._finish(
+            event_pk,
+            owner,
+            status=PENDING,
+            next_attempt_at=next_attempt_at,
+            last_error=error,
+        )
+
+    def bury(
+        self, event_pk: int, owner: str, reason: str, *, now: float | None = None
+    ) -> bool:
+        """Move an event to the dead-letter list."""
+        now = time.time() if now is None else now
+        return self._finish(
+            event_pk, owner, status=DEAD, last_error=reason, finished_at=now
+        )
+
+    def release(self, event_pk: int, owner: str) -> bool:
+        """Give a lease back untouched (shutdown): the attempt does not count."""
+        return self._finish(
+            event_pk,
+            owner,
+            status=PENDING,
+            attempts=sa.func.max(events.c.attempts - 1, 0)
+            if self.dialect == "sqlite"
+            else sa.func.greatest(events.c.attempts - 1, 0),
+        )
+
+    def _finish(self, event_pk: int, owner: str, **values: Any) -> bool:
+        values.update(lease_owner=None, lease_expires_at=None)
+        with self._tx() as conn:
+            result = conn.execute(
+                events.update().where(self._held(event_pk, owner)).values(**values)
+            )
+            return bool(result.rowcount)
+
+    def requeue(self, event_pk: int, *, now: float | None = None) -> bool:
+        """Put a dead letter (or a finished event) back in the queue for a new try."""
+        now = time.time() if now is None else now
+        with self._tx() as conn:
+            result = conn.execute(
+                events.update()
+                .where(events.c.id == event_pk, events.c.status.in_([DEAD, DONE]))
+                .values(
+                    status=PENDING,
+                    attempts=0,
+                    next_attempt_at=now,
+                    finished_at=None,
+                )
+            )
+            return bool(result.rowcount)
+
+    # -- ledger and actions ----------------------------------------------------
+
+    def ledger_for(self, event_pk: int) -> dict[tuple[str, str], LedgerRow]:
+        with self._tx() as conn:
+            rows = conn.execute(
+                sa.select(ledger)
+                .where(ledger.c.event_pk == event_pk)
+                .order_by(ledger.c.id)
+            ).all()
+        return {(r.plugin, r.stage): _ledger_row(r) for r in rows}
+
+    def record_call(
+        self,
+        event_pk: int,
+        *,
+        plugin: str,
+        stage: str,
+        status: str,
+        error: str | None,
+        data: dict[str, Any],
+        duration_ms: float,
+        planned: Sequence[PlannedAction] = (),
+        now: float | None = None,
+    ) -> None:
+        """Record one plugin call and its intended actions in one transaction."""
+        now = time.time() if now is None else now
+        with self._tx() as conn:
+            existing = conn.execute(
+                sa.select(ledger.c.id, ledger.c.attempts).where(
+                    ledger.c.event_pk == event_pk,
+                    ledger.c.plugin == plugin,
+                    ledger.c.stage == stage,
+                )
+            ).first()
+            values = {
+                "status": status,
+                "error": error,
+                "data": _dumps(data) if data else None,
+                "duration_ms": duration_ms,
+                "updated_at": now,
+            }
+            if existing is None:
+                conn.execute(
+                    ledger.insert().values(
+                        event_pk=event_pk,
+                        plugin=plugin,
+                        stage=stage,
+                        attempts=1,
+                        **values,
+                    )
+                )
+            else:
+                conn.execute(
+                    ledger.update()
+                    .where(ledger.c.id == existing.id)
+                    .values(attempts=existing.attempts + 1, **values)
+                )
+            for action in planned:
+                conn.execute(
+                    self._insert(actions)
+                    .values(
+                        event_pk=event_pk,
+                        plugin=plugin,
+                        stage=stage,
+                        position=action.position,
+                        kind=action.kind,
+                        params=_dumps(action.params),
+                        idempotency_key=action.idempotency_key,
+                        status=PLANNED,
+                        attempts=0,
+                        inbox_id=action.inbox_id,
+                        thread_id=action.thread_id,
+                        recipient=action.recipient,
+                        created_at=now,
+                    )
+                    .on_conflict_do_nothing(index_elements=["idempotency_key"])
+                )
+
+    def set_ledger_status(
+        self, event_pk: int, plugin: str, stage: str, status: str, error: str | None
+    ) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                ledger.update()
+                .where(
+                    ledger.c.event_pk == event_pk,
+                    ledger.c.plugin == plugin,
+                    ledger.c.stage == stage,
+                )
+                .values(status=status, error=error, updated_at=time.time())
+            )
+
+    def actions_for(self, event_pk: int) -> list[ActionRow]:
+        with self._tx() as conn:
+            rows = conn.execute(
+                sa.select(actions)
+                .where(actions.c.event_pk == event_pk)
+                .order_by(actions.c.id)
+            ).all()
+        return [_action_row(r) for r in rows]
+
+    def finish_action(
+        self,
+        action_pk: int,
+        *,
+        status: str,
+        result: dict[str, Any] | None = None,
+        error: str | None = None,
+        now: float | None = None,
+    ) -> None:
+        now = time.time() if now is None else now
+        with self._tx() as conn:
+            conn.execute(
+                actions.update()
+                .where(actions.c.id == action_pk)
+                .values(
+                    status=status,
+                    attempts=actions.c.attempts + 1,
+                    result=_dumps(result) if result is not None else None,
+                    error=error,
+                    executed_at=now,
+                )
+            )
+
+    def count_replies(
+        self,
+        *,
+        since: float,
+        thread_id: str | None = None,
+        recipient: str | None = None,
+    ) -> int:
+        """Replies sent (or recorded in dry-run) since a time, in a thread or to one."""
+        query = sa.select(sa.func.count()).where(
+            actions.c.kind == "reply",
+            actions.c.status.in_([EXECUTED, RECORDED]),
+            actions.c.executed_at >= since,
+        )
+        if thread_id is not None:
+            query = query.where(actions.c.thread_id == thread_id)
+        if recipient is not None:
+            query = query.where(actions.c.recipient == recipient)
+        with self._tx() as conn:
+            return int(conn.execute(query).scalar() or 0)
+
+    # -- plugin state ----------------------------------------------------------
+
+    def state_get(self, plugin: str, key: str) -> Any:
+        with self._tx() as conn:
+            raw = conn.execute(
+                sa.select(plugin_state.c.value).where(
+                    plugin_state.c.plugin == plugin, plugin_state.c.key == key
+                )
+            ).scalar()
+        return None if raw is None else json.loads(raw)
+
+    def state_set(self, plugin: str, key: str, value: Any) -> None:
+        stmt = self._insert(plugin_state).values(
+            plugin=plugin, key=key, value=_dumps(value), updated_at=time.time()
+        )
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["plugin", "key"],
+            set_={"value": stmt.excluded.value, "updated_at": stmt.excluded.updated_at},
+        )
+        with self._tx() as conn:
+            conn.execute(stmt)
+
+    def state_delete(self, plugin: str, key: str) -> bool:
+        with self._tx() as conn:
+            result = conn.execute(
+                plugin_state.delete().where(
+                    plugin_state.c.plugin == plugin, plugin_state.c.key == key
+                )
+            )
+            return bool(result.rowcount)
+
+    def state_items(self, plugin: str, prefix: str = "") -> list[tuple[str, Any]]:
+        query = sa.select(plugin_state.c.key, plugin_state.c.value).where(
+            plugin_state.c.plugin == plugin
+        )
+        if prefix:
+            query = query.where(plugin_state.c.key.startswith(prefix, autoescape=True))
+        with self._tx() as conn:
+            rows = conn.execute(query.order_by(plugin_state.c.key)).all()
+        return [(r.key, json.loads(r.value)) for r in rows]
+
+    # -- reading and housekeeping ----------------------------------------------
+
+    def get_event(self, ref: str | int) -> EventRow | None:
+        """An event by its row number, event id, delivery id or stored key."""
+        query = sa.select(events)
+        if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
+            query = query.where(events.c.id == int(ref))
+        else:
+            query = query.where(
+                sa.or_(
+                    events.c.event_key == ref,
+                    events.c.event_id == ref,
+                    events.c.delivery_id == ref,
+                )
+            )
+        with self._tx() as conn:
+            row = conn.execute(query.order_by(events.c.id.desc()).limit(1)).first()
+        return EventRow.from_row(row) if row is not None else None
+
+    def list_events(
+        self,
+        *,
+        limit: int = 50,
+        status: str | None = None,
+        event_type: str | None = None,
+        before: int | None = None,
+    ) -> list[EventRow]:
+        query = sa.select(events).order_by(events.c.id.desc()).limit(limit)
+        if status:
+            query = query.where(events.c.status == status)
+        if event_type:
+            query = query.where(events.c.event_type == event_type)
+        if before:
+            query = query.where(events.c.id < before)
+        with self._tx() as conn:
+            return [EventRow.from_row(r) for r in conn.execute(query).all()]
+
+    def count_by_status(self) -> dict[str, int]:
+        with self._tx() as conn:
+            rows = conn.execute(
+                sa.select(events.c.status, sa.func.count()).group_by(events.c.status)
+            ).all()
+        return {str(status): int(n) for status, n in rows}
+
+    def oldest_due(self, *, now: float | None = None) -> float | None:
+        """When the oldest event still waiting became due (for queue lag)."""
+        now = time.time() if now is None else now
+        with self._tx() as conn:
+            return conn.execute(
+                sa.select(sa.func.min(events.c.next_attempt_at)).where(
+                    events.c.status == PENDING, events.c.next_attempt_at <= now
+                )
+            ).scalar()
+
+    def next_due(self) -> float | None:
+        with self._tx() as conn:
+            return conn.execute(
+                sa.select(sa.func.min(events.c.next_attempt_at)).where(
+                    events.c.status == PENDING
+                )
+            ).scalar()
+
+    def prune(
+        self,
+        *,
+        retention_seconds: float,
+        dead_retention_seconds: float,
+        now: float | None = None,
+    ) -> int:
+        """Forget finished events (and so their dedup keys) past their retention."""
+        now = time.time() if now is None else now
+        old = sa.or_(
+            sa.and_(
+                events.c.status == DONE,
+                events.c.finished_at < now - retention_seconds,
+            ),
+            sa.and_(
+                events.c.status == DEAD,
+                events.c.finished_at < now - dead_retention_seconds,
+            ),
+        )
+        with self._tx() as conn:
+            doomed = sa.select(events.c.id).where(old).scalar_subquery()
+            conn.execute(actions.delete().where(actions.c.event_pk.in_(doomed)))
+            conn.execute(ledger.delete().where(ledger.c.event_pk.in_(doomed)))
+            result = conn.execute(events.delete().where(old))
+            return int(result.rowcount)
+
+
+def _ledger_row(r: Any) -> LedgerRow:
+    return LedgerRow(
+        plugin=r.plugin,
+        stage=r.stage,
+        status=r.status,
+        attempts=r.attempts,
+        error=r.error,
+        data=json.loads(r.data) if r.data else {},
+        duration_ms=r.duration_ms,
+        updated_at=r.updated_at,
+    )
+
+
+def _action_row(r: Any) -> ActionRow:
+    return ActionRow(
+        pk=r.id,
+        event_pk=r.event_pk,
+        plugin=r.plugin,
+        stage=r.stage,
+        position=r.position,
+        kind=r.kind,
+        params=json.loads(r.params),
+        idempotency_key=r.idempotency_key,
+        status=r.status,
+        attempts=r.attempts,
+        result=json.loads(r.result) if r.result else None,
+        error=r.error,
+        created_at=r.created_at,
+        executed_at=r.executed_at,
+    )
+
+
+_sqlite_lock = threading.Lock()
+
+
+def _make_engine(url: str) -> Engine:
+    if not url.startswith("sqlite"):
+        return sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+    engine = sa.create_engine(
+        url,
+        connect_args={"timeout": 30, "check_same_thread": False},
+        pool_size=16,
+        max_overflow=16,
+    )
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # SQLAlchemy's BEGIN is then the only transaction control: it can be IMMEDIATE.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        with _sqlite_lock:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # Take the write lock up front: two deferred transactions that both upgrade to
+        # writers would otherwise fail with "database is locked" instead of waiting.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine

@@ -1,0 +1,119 @@
+"""An event's story: what arrived, what each plugin did, what was sent or stopped."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+from runner.store import EventRow, Store
+
+__all__ = ["event_story", "format_story", "format_time"]
+
+
+def format_time(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def event_story(store: Store, row: EventRow) -> dict[str, Any]:
+    """Everything the store knows about one event, JSON-ready."""
+    try:
+        payload: Any = json.loads(row.payload)
+    except ValueError:
+        payload = row.payload
+    ledger = store.ledger_for(row.pk)
+    return {
+        "id": row.pk,
+        "event_key": row.event_key,
+        "event_id": row.event_id,
+        "delivery_id": row.delivery_id,
+        "event_type": row.event_type,
+        "status": row.status,
+        "verified_by": row.scheme,
+        "attempts": row.attempts,
+        "received_at": row.received_at,
+        "next_attempt_at": row.next_attempt_at,
+        "finished_at": row.finished_at,
+        "last_error": row.last_error,
+        "ledger": [
+            {
+                "plugin": c.plugin,
+                "stage": c.stage,
+                "status": c.status,
+                "attempts": c.attempts,
+                "error": c.error,
+                "duration_ms": c.duration_ms,
+                "data": c.data,
+            }
+            for c in ledger.values()
+        ],
+        "actions": [
+            {
+                "plugin": a.plugin,
+                "stage": a.stage,
+                "position": a.position,
+                "kind": a.kind,
+                "status": a.status,
+                "idempotency_key": a.idempotency_key,
+                "attempts": a.attempts,
+                "params": a.params,
+                "result": a.result,
+                "error": a.error,
+                "executed_at": a.executed_at,
+            }
+            for a in store.actions_for(row.pk)
+        ],
+        "payload": payload,
+    }
+
+
+def format_story(story: dict[str, Any]) -> str:
+    """The story as text for a terminal."""
+    lines = [
+        f"event {story['event_key']}  (#{story['id']})",
+        f"  type        {story['event_type'] or '-'}",
+        f"  status      {story['status']}  after {story['attempts']} attempt(s)",
+        f"  verified by {story['verified_by']}",
+        f"  received    {format_time(story['received_at'])}",
+    ]
+    if story["finished_at"]:
+        lines.append(f"  finished    {format_time(story['finished_at'])}")
+    elif story["status"] == "pending" and story["attempts"]:
+        lines.append(f"  next try    {format_time(story['next_attempt_at'])}")
+    if story["last_error"]:
+        lines.append(f"  error       {story['last_error']}")
+    lines.append("  plugins:")
+    if not story["ledger"]:
+        lines.append("    (none called)")
+    for call in story["ledger"]:
+        duration = call["duration_ms"]
+        took = f" {duration:.1f} ms" if duration is not None else ""
+        line = f"    {call['plugin']}.{call['stage']}: {call['status']}{took}"
+        if call["attempts"] > 1:
+            line += f" ({call['attempts']} attempts)"
+        lines.append(line)
+        if call["error"]:
+            lines.append(f"      error: {call['error']}")
+        for key in call["data"]:
+            lines.append(f"      put {key}")
+    lines.append("  actions:")
+    if not story["actions"]:
+        lines.append("    (none)")
+    for action in story["actions"]:
+        lines.append(
+            f"    {action['kind']} by {action['plugin']}: {action['status']}"
+            f"  key={action['idempotency_key']}"
+        )
+        params = {k: v for k, v in action["params"].items() if k != "kind" and v}
+        for key, value in params.items():
+            text = value if isinstance(value, str) else json.dumps(value)
+            if len(text) > 200:
+                text = text[:200] + "..."
+            lines.append(f"      {key}: {text}")
+        if action["error"]:
+            lines.append(f"      reason: {action['error']}")
+        if action["result"] and action["result"].get("message_id"):
+            lines.append(f"      sent as {action['result']['message_id']}")
+    return "\n".join(lines)

@@ -1,0 +1,1052 @@
+"""A loopback stand-in for the AgentMail HTTP API, for tests that use the real SDK.
+
+The runner talks to AgentMail only through the official ``agentmail`` SDK. Mocking the
+SDK would hide the parts most likely to go wrong: the paths it builds, how it escapes
+ids, its automatic retries, and how it turns status codes into exceptions. This
+module instead serves a small in-memory imitation of the API on 127.0.0.1, so a test
+hands the code under test ``double.client()`` (a genuine ``agentmail.AgentMail``) and
+then looks at what arrived.
+
+What it offers:
+
+* the endpoints the runner uses: send, reply, reply-all and forward; get and relabel a
+  message; attachment metadata with a download URL served by the double itself; get a
+  thread; create, list, get, update and delete webhooks;
+* ``Idempotency-Key`` handling on the four sending endpoints, as AgentMail documents
+  it: a replay returns the first answer and sends nothing, a reused key with another
+  request is a 409;
+* failure injection (status codes, ``Retry-After``, delays that outlast a client's
+  timeout) through :meth:`AgentMailDouble.fail`;
+* thread-safe records of every request, every email actually sent and every label
+  change.
+
+Ids in paths are routed on the raw request path, split on literal ``/`` and then
+percent-decoded, because the SDK does not escape ``/``, ``?`` or ``#`` in message ids
+and callers therefore quote them themselves.
+
+Example::
+
+    with AgentMailDouble() as double:
+        double.add_message("inbox@example.com", {"message_id": "<m1@x>", ...})
+        client = double.client()
+        client.inboxes.messages.reply(
+            "inbox@example.com", quote("<m1@x>", safe=""), text="hi",
+            idempotency_key="k1",
+        )
+        assert double.sent[0].source_message_id == "<m1@x>"
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import copy
+import json
+import logging
+import math
+import re
+import secrets
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import httpx
+from agentmail import AgentMail, AgentMailEnvironment
+from werkzeug.serving import (
+    BaseWSGIServer,
+    ThreadedWSGIServer,
+    WSGIRequestHandler,
+    make_server,
+)
+from werkzeug.wrappers import Request, Response
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+__all__ = [
+    "AgentMailDouble",
+    "FailureRule",
+    "LabelUpdate",
+    "RecordedRequest",
+    "SendKind",
+    "SentEmail",
+]
+
+_logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+SendKind = Literal["send", "reply", "reply_all", "forward"]
+
+_IDEMPOTENCY_KEY_RE = re.compile(r"[A-Za-z0-9._~-]{1,256}")
+
+_ERROR_NAMES = {
+    400: "ValidationError",
+    401: "UnauthorizedError",
+    403: "MessageRejectedError",
+    404: "NotFoundError",
+    408: "RequestTimeoutError",
+    409: "ConflictError",
+    422: "UnprocessableEntityError",
+    429: "RateLimitError",
+    500: "InternalServerError",
+    502: "BadGatewayError",
+    503: "ServiceUnavailableError",
+    504: "GatewayTimeoutError",
+}
+
+# Generous enough for a request that was mid-flight when stop() was called.
+_STOP_GRACE_SECONDS = 1.0
+
+
+@dataclass
+class RecordedRequest:
+    """One HTTP request as the double received it.
+
+    ``status`` is filled in once the double has answered, so it stays None while an
+    injected delay is still running.
+    """
+
+    method: str
+    path: str
+    """The percent-decoded segments joined with "/"; ambiguous if an id holds "/"."""
+    segments: tuple[str, ...]
+    """The path split on literal "/" first and then percent-decoded: unambiguous."""
+    raw_path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    """Header names in lower case."""
+    body: bytes
+    json: Any
+    """The parsed JSON body, or None when the body is empty or not JSON."""
+    idempotency_key: str | None
+    received_at: float
+    status: int | None = None
+
+
+@dataclass(frozen=True)
+class SentEmail:
+    """One email the double "sent": a send, reply, reply-all or forward it performed.
+
+    Replays of an idempotent request and injected failures never add one.
+    """
+
+    kind: SendKind
+    inbox_id: str
+    source_message_id: str | None
+    """The message replied to or forwarded; None for a plain send."""
+    json: dict[str, Any]
+    idempotency_key: str | None
+    message_id: str
+    """The id the double returned for the new message."""
+    thread_id: str
+
+
+@dataclass(frozen=True)
+class LabelUpdate:
+    """One PATCH of a message's labels, with the labels it ended up with."""
+
+    inbox_id: str
+    message_id: str
+    add_labels: tuple[str, ...]
+    remove_labels: tuple[str, ...]
+    labels: tuple[str, ...]
+
+
+@dataclass
+class FailureRule:
+    """A pending injected failure; see :meth:`AgentMailDouble.fail`."""
+
+    method: str
+    pattern: re.Pattern[str]
+    status: int | None
+    remaining: int
+    delay: float
+    retry_after: float | None
+    body: dict[str, Any] | None
+
+
+@dataclass
+class _Attachment:
+    content: bytes
+    filename: str
+    content_type: str
+
+
+@dataclass(frozen=True)
+class _StoredAnswer:
+    fingerprint: str
+    status: int
+    body: dict[str, Any]
+
+
+@dataclass
+class _Answer:
+    status: int
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    raw: bytes | None = None
+    content_type: str = "application/json"
+
+
+class _StopRequested(Exception):
+    pass
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def _error(status: int, message: str, name: str | None = None, **extra: Any) -> _Answer:
+    body: dict[str, Any] = {
+        "name": name or _ERROR_NAMES.get(status, "Error"),
+        "message": message,
+    }
+    if status == 400:
+        # The SDK parses 400 bodies as ValidationErrorResponse, which requires it.
+        body.setdefault("errors", [])
+    body.update(extra)
+    return _Answer(status, body)
+
+
+def _as_label_list(value: Any) -> list[str]:
+    # The API accepts a single label or a list of them.
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [str(item) for item in value]
+    raise ValueError("labels must be a string or a list of strings")
+
+
+def _as_address_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [str(item) for item in value]
+    return [str(value)]
+
+
+def _split_raw_path(raw_uri: str) -> tuple[str, str, tuple[str, ...]]:
+    """Return (raw path, raw query, decoded segments) of a request target."""
+    if not raw_uri.startswith("/"):
+        # Absolute-form target ("http://host/path"): only its path matters here.
+        parts = urlsplit(raw_uri)
+        raw_uri = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    raw_path, _, rest = raw_uri.partition("?")
+    raw_query = rest.partition("#")[0]
+    raw_path = raw_path.partition("#")[0]
+    # Splitting before unquoting is the whole point: "%2F" inside an id must not
+    # become a separator.
+    segments = tuple(unquote(part) for part in raw_path.split("/")[1:])
+    return raw_path, raw_query, segments
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """Routes werkzeug's per-request log lines to debug logging instead of stderr."""
+
+    def log(self, type: str, message: str, *args: Any) -> None:
+        _logger.debug("agentmail double: " + message, *args)
+
+
+class AgentMailDouble:
+    """An in-memory AgentMail API served on 127.0.0.1 on an OS-chosen port.
+
+    Use it as a context manager, or call :meth:`start` and :meth:`stop`. All public
+    methods are safe to call from any thread while the server runs.
+    """
+
+    def __init__(self, api_key: str = "test-key") -> None:
+        self.api_key = api_key
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._stopping = threading.Event()
+        self._server: BaseWSGIServer | None = None
+        self._thread: threading.Thread | None = None
+        self._port: int | None = None
+        self._connections: set[socket.socket] = set()
+        self._http_clients: list[httpx.Client] = []
+
+        self._requests: list[RecordedRequest] = []
+        self._sent: list[SentEmail] = []
+        self._label_updates: list[LabelUpdate] = []
+        self._failures: list[FailureRule] = []
+        self._idempotency: dict[str, _StoredAnswer] = {}
+        # Insertion order doubles as the order of a thread's messages.
+        self._messages: dict[tuple[str, str], dict[str, Any]] = {}
+        self._threads: dict[tuple[str, str], dict[str, Any]] = {}
+        self._attachments: dict[tuple[str, str, str], _Attachment] = {}
+        self._downloads: dict[str, _Attachment] = {}
+        self._webhooks: dict[str, dict[str, Any]] = {}
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def start(self) -> AgentMailDouble:
+        """Bind 127.0.0.1 on a free port and serve in a background thread."""
+        if self._server is not None:
+            raise RuntimeError("AgentMailDouble is already running")
+        self._stopping.clear()
+        double = self
+
+        class _Handler(_QuietHandler):
+            def setup(self) -> None:
+                super().setup()
+                with double._lock:
+                    double._connections.add(self.connection)
+
+            def finish(self) -> None:
+                try:
+                    super().finish()
+                finally:
+                    with double._lock:
+                        double._connections.discard(self.connection)
+
+        server = make_server(
+            "127.0.0.1", 0, self._wsgi_app, threaded=True, request_handler=_Handler
+        )
+        # socketserver only remembers, and server_close() only joins, non-daemon
+        # handler threads; werkzeug makes them daemons, which would let stop() return
+        # with a request still running.
+        if not isinstance(server, ThreadedWSGIServer):
+            raise TypeError(f"expected a threaded server, got {type(server).__name__}")
+        server.daemon_threads = False
+        self._server = server
+        self._port = server.port
+        # A short poll interval keeps stop() fast: shutdown() waits for one poll.
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"agentmail-double:{server.port}",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, wait for every server thread, close clients from client()."""
+        server, thread = self._server, self._thread
+        if server is None or thread is None:
+            return
+        # Wakes handlers sleeping in an injected delay so they can finish.
+        self._stopping.set()
+        with self._changed:
+            self._changed.notify_all()
+        server.shutdown()
+        # serve_forever() closes the server on exit, which joins the handler threads.
+        thread.join(_STOP_GRACE_SECONDS)
+        while thread.is_alive():
+            # A handler is stuck on a connection that never completed its request;
+            # cutting the socket is the only way to release it. Looping covers a
+            # handler that had not registered its connection yet.
+            with self._lock:
+                stuck = list(self._connections)
+            for conn in stuck:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+            thread.join(0.5)
+        with self._lock:
+            clients, self._http_clients = self._http_clients, []
+        for client in clients:
+            client.close()
+        self._server = None
+        self._thread = None
+
+    def __enter__(self) -> AgentMailDouble:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError("AgentMailDouble has not been started")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def environment(self) -> AgentMailEnvironment:
+        return AgentMailEnvironment(
+            http=self.url, websockets=f"ws://127.0.0.1:{self.port}"
+        )
+
+    def client(self, **kwargs: Any) -> AgentMail:
+        """A real ``agentmail.AgentMail`` aimed at the double.
+
+        Keyword arguments go to ``AgentMail``. Unless ``httpx_client`` is given, the
+        double creates the HTTP client itself and closes it in :meth:`stop`, because
+        ``AgentMail`` has no ``close()`` and a leaked pool trips ResourceWarning.
+        """
+        kwargs.setdefault("api_key", self.api_key)
+        kwargs.setdefault("environment", self.environment)
+        if kwargs.get("httpx_client") is None:
+            timeout = kwargs.get("timeout")
+            follow_redirects = kwargs.pop("follow_redirects", True)
+            http_client = httpx.Client(
+                timeout=60.0 if timeout is None else timeout,
+                follow_redirects=bool(follow_redirects),
+            )
+            with self._lock:
+                self._http_clients.append(http_client)
+            kwargs["httpx_client"] = http_client
+        return AgentMail(**kwargs)
+
+    # ------------------------------------------------------------------- seeding
+
+    def add_message(self, inbox_id: str, message: dict[str, Any]) -> dict[str, Any]:
+        """Store a message; missing fields the SDK's ``Message`` requires get defaults.
+
+        ``message`` must hold ``message_id`` and ``thread_id``. Returns the stored copy.
+        """
+        if "message_id" not in message or "thread_id" not in message:
+            raise ValueError("a seeded message needs message_id and thread_id")
+        stored = self._complete_message(inbox_id, copy.deepcopy(message))
+        with self._changed:
+            self._messages[(inbox_id, stored["message_id"])] = stored
+            return copy.deepcopy(stored)
+
+    def add_thread(self, inbox_id: str, thread: dict[str, Any]) -> None:
+        """Store a thread; messages listed in it are stored as messages too.
+
+        Fields missing from the seed are derived from the thread's messages, and a
+        thread's ``messages`` are always the stored messages carrying its thread_id.
+        """
+        if "thread_id" not in thread:
+            raise ValueError("a seeded thread needs thread_id")
+        seed = copy.deepcopy(thread)
+        messages = seed.pop("messages", None) or []
+        for message in messages:
+            message.setdefault("thread_id", seed["thread_id"])
+            self.add_message(inbox_id, message)
+        with self._changed:
+            self._threads[(inbox_id, seed["thread_id"])] = seed
+
+    def add_attachment(
+        self,
+        inbox_id: str,
+        message_id: str,
+        attachment_id: str,
+        content: bytes,
+        filename: str = "file.pdf",
+        content_type: str = "application/pdf",
+    ) -> None:
+        """Store an attachment's bytes, and list it on the message if that is stored."""
+        attachment = _Attachment(bytes(content), filename, content_type)
+        with self._changed:
+            self._attachments[(inbox_id, message_id, attachment_id)] = attachment
+            message = self._messages.get((inbox_id, message_id))
+            if message is not None:
+                listed = message.setdefault("attachments", [])
+                listed[:] = [
+                    a for a in listed if a.get("attachment_id") != attachment_id
+                ]
+                listed.append(self._attachment_metadata(attachment_id, attachment))
+
+    def message(self, inbox_id: str, message_id: str) -> dict[str, Any]:
+        """A copy of a stored message (seeded or sent), e.g. to check its labels."""
+        with self._lock:
+            try:
+                return copy.deepcopy(self._messages[(inbox_id, message_id)])
+            except KeyError:
+                raise KeyError((inbox_id, message_id)) from None
+
+    @property
+    def webhooks(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return copy.deepcopy(list(self._webhooks.values()))
+
+    # ------------------------------------------------------------------- records
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """Every request received, in arrival order (a snapshot)."""
+        with self._lock:
+            return list(self._requests)
+
+    @property
+    def sent(self) -> list[SentEmail]:
+        """Every email actually sent, in order (a snapshot)."""
+        with self._lock:
+            return list(self._sent)
+
+    @property
+    def label_updates(self) -> list[LabelUpdate]:
+        with self._lock:
+            return list(self._label_updates)
+
+    def reset(self, *, state: bool = False) -> None:
+        """Forget the records and any pending injected failures.
+
+        Seeded data, webhooks and remembered idempotency keys stay, since AgentMail
+        keeps keys for 24 hours; pass ``state=True`` to drop those as well.
+        """
+        with self._changed:
+            self._requests.clear()
+            self._sent.clear()
+            self._label_updates.clear()
+            self._failures.clear()
+            if state:
+                self._idempotency.clear()
+                self._messages.clear()
+                self._threads.clear()
+                self._attachments.clear()
+                self._downloads.clear()
+                self._webhooks.clear()
+
+    def wait_for(
+        self, predicate: Callable[[], _T], timeout: float = 5.0, interval: float = 0.02
+    ) -> _T:
+        """Call ``predicate`` until it returns something truthy, and return that.
+
+        The double wakes waiters whenever it records something, so this returns
+        promptly; ``interval`` bounds the wait for predicates on other state. Raises
+        TimeoutError after ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            result = predicate()
+            if result:
+                return result
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"condition not met within {timeout} s")
+            with self._changed:
+                self._changed.wait(min(interval, remaining))
+
+    # --------------------------------------------------------- failure injection
+
+    def fail(
+        self,
+        method: str,
+        path_pattern: str,
+        status: int | None = 500,
+        times: int = 1,
+        delay: float = 0.0,
+        retry_after: float | None = None,
+        body: dict[str, Any] | None = None,
+    ) -> FailureRule:
+        """Make the next ``times`` matching requests fail.
+
+        A request matches when its method equals ``method`` (case-insensitive, "*" for
+        any) and ``re.search(path_pattern, decoded_path)`` finds something. It then
+        waits ``delay`` seconds (longer than a client's timeout simulates a hang) and
+        answers ``status`` with ``body`` or an AgentMail-style error. With ``status``
+        None it only waits, then is handled normally. The failure happens before the
+        double processes anything, so it neither sends nor remembers an idempotency
+        key. ``retry_after`` becomes a ``Retry-After`` header in whole seconds,
+        rounded up, since the SDK only honours integer delta-seconds.
+        """
+        if times < 1:
+            raise ValueError("times must be at least 1")
+        rule = FailureRule(
+            method=method.upper(),
+            pattern=re.compile(path_pattern),
+            status=status,
+            remaining=times,
+            delay=delay,
+            retry_after=retry_after,
+            body=copy.deepcopy(body),
+        )
+        with self._lock:
+            self._failures.append(rule)
+        return rule
+
+    # --------------------------------------------------------------- the server
+
+    def _wsgi_app(
+        self, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        request = Request(environ)
+        try:
+            record = self._record(request)
+        except Exception:
+            _logger.exception("agentmail double could not record a request")
+            return self._respond(_error(500, "the double failed"))(
+                environ, start_response
+            )
+        try:
+            answer = self._handle(request, record)
+        except _StopRequested:
+            answer = _error(503, "the double is shutting down")
+        except Exception:
+            # A bug in the double must show up as a failed test, not a hung client.
+            _logger.exception(
+                "agentmail double failed on %s %s", record.method, record.path
+            )
+            answer = _error(500, "the double failed")
+        with self._changed:
+            record.status = answer.status
+            self._changed.notify_all()
+        return self._respond(answer)(environ, start_response)
+
+    @staticmethod
+    def _respond(answer: _Answer) -> Response:
+        if answer.raw is not None:
+            data = answer.raw
+        elif answer.body is None:
+            data = b""
+        else:
+            data = json.dumps(answer.body).encode()
+        response = Response(
+            data, status=answer.status, content_type=answer.content_type
+        )
+        for name, value in answer.headers.items():
+            response.headers[name] = value
+        return response
+
+    def _record(self, request: Request) -> RecordedRequest:
+        environ = request.environ
+        raw_uri = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+        if raw_uri:
+            # werkzeug hands over the request line as latin-1-decoded UTF-8.
+            raw_uri = raw_uri.encode("latin-1").decode("utf-8", "replace")
+            raw_path, raw_query, segments = _split_raw_path(raw_uri)
+        else:
+            # Another WSGI server: the best left is the already-decoded PATH_INFO.
+            raw_path = request.path
+            raw_query = environ.get("QUERY_STRING", "")
+            segments = tuple(raw_path.split("/")[1:])
+        body = request.get_data(cache=True)
+        parsed: Any = None
+        if body:
+            try:
+                parsed = json.loads(body)
+            except ValueError:
+                parsed = None
+        record = RecordedRequest(
+            method=request.method.upper(),
+            path="/" + "/".join(segments),
+            segments=segments,
+            raw_path=raw_path,
+            query=parse_qs(raw_query, keep_blank_values=True),
+            headers={name.lower(): value for name, value in request.headers.items()},
+            body=body,
+            json=parsed,
+            idempotency_key=request.headers.get("Idempotency-Key"),
+            received_at=time.time(),
+        )
+        with self._changed:
+            self._requests.append(record)
+            self._changed.notify_all()
+        return record
+
+    def _take_failure(self, record: RecordedRequest) -> FailureRule | None:
+        with self._lock:
+            for rule in self._failures:
+                if rule.method not in ("*", record.method):
+                    continue
+                if not rule.pattern.search(record.path):
+                    continue
+                rule.remaining -= 1
+                if rule.remaining <= 0:
+                    self._failures.remove(rule)
+                return rule
+        return None
+
+    def _handle(self, request: Request, record: RecordedRequest) -> _Answer:
+        rule = self._take_failure(record)
+        if rule is not None:
+            if rule.delay > 0 and self._stopping.wait(rule.delay):
+                raise _StopRequested
+            if rule.status is not None:
+                return self._injected(rule)
+
+        segments = record.segments
+        if segments[:1] == ("_downloads",) and len(segments) == 2:
+            # Like AgentMail's presigned URLs, downloads need no API key.
+            return self._download(segments[1])
+
+        expected = f"Bearer {self.api_key}"
+        if request.headers.get("Authorization") != expected:
+            return _error(401, "Missing or invalid API key", name="UnauthorizedError")
+
+        if record.body and record.json is None:
+            return _error(400, "The request body is not valid JSON")
+        if record.json is not None and not isinstance(record.json, dict):
+            return _error(400, "The request body must be a JSON object")
+        payload: dict[str, Any] = record.json or {}
+
+        return self._route(record, payload)
+
+    def _injected(self, rule: FailureRule) -> _Answer:
+        assert rule.status is not None
+        if rule.body is not None:
+            answer = _Answer(rule.status, copy.deepcopy(rule.body))
+        else:
+            answer = _error(rule.status, "Injected failure")
+        if rule.retry_after is not None:
+            answer.headers["Retry-After"] = str(max(0, math.ceil(rule.retry_after)))
+        return answer
+
+    def _route(self, record: RecordedRequest, payload: dict[str, Any]) -> _Answer:
+        method = record.method
+        match record.segments:
+            case ("v0", "inboxes", inbox, "messages", "send") if method == "POST":
+                return self._send(record, payload, "send", inbox, None)
+            case ("v0", "inboxes", inbox, "messages", mid, "reply") if method == "POST":
+                return self._send(record, payload, "reply", inbox, mid)
+            case ("v0", "inboxes", inbox, "messages", mid, "reply-all") if (
+                method == "POST"
+            ):
+                return self._send(record, payload, "reply_all", inbox, mid)
+            case ("v0", "inboxes", inbox, "messages", mid, "forward") if (
+                method == "POST"
+            ):
+                return self._send(record, payload, "forward", inbox, mid)
+            case ("v0", "inboxes", inbox, "messages", mid) if method == "GET":
+                return self._get_message(inbox, mid)
+            case ("v0", "inboxes", inbox, "messages", mid) if method == "PATCH":
+                return self._update_message(inbox, mid, payload)
+            case ("v0", "inboxes", inbox, "messages", mid, "attachments", aid) if (
+                method == "GET"
+            ):
+                return self._get_attachment(inbox, mid, aid)
+            case ("v0", "inboxes", inbox, "threads", tid) if method == "GET":
+                return self._get_thread(inbox, tid)
+            case ("v0", "webhooks") if method == "POST":
+                return self._create_webhook(payload)
+            case ("v0", "webhooks") if method == "GET":
+                return self._list_webhooks(record)
+            case ("v0", "webhooks", wid) if method == "GET":
+                return self._get_webhook(wid)
+            case ("v0", "webhooks", wid) if method == "PATCH":
+                return self._update_webhook(wid, payload)
+            case ("v0", "webhooks", wid) if method == "DELETE":
+                return self._delete_webhook(wid)
+        return _error(404, f"No route for {method} {record.path}")
+
+    # ---------------------------------------------------------------- messages
+
+    def _complete_message(
+        self, inbox_id: str, message: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Fill in every field ``agentmail.Message`` requires."""
+        if "from" not in message and "from_" in message:
+            message["from"] = message.pop("from_")
+        stamp = _iso(_now())
+        message.setdefault("inbox_id", inbox_id)
+        message.setdefault("labels", [])
+        message.setdefault("timestamp", stamp)
+        message.setdefault("from", "sender@example.com")
+        message.setdefault("to", [inbox_id])
+        text = message.get("text") or message.get("html") or ""
+        message.setdefault("size", len(str(text).encode()))
+        message.setdefault("created_at", message["timestamp"])
+        message.setdefault("updated_at", message["timestamp"])
+        return message
+
+    def _get_message(self, inbox_id: str, message_id: str) -> _Answer:
+        with self._lock:
+            message = self._messages.get((inbox_id, message_id))
+            if message is None:
+                return _error(404, f"Message {message_id} not found")
+            return _Answer(200, copy.deepcopy(message))
+
+    def _update_message(
+        self, inbox_id: str, message_id: str, payload: dict[str, Any]
+    ) -> _Answer:
+        try:
+            add = _as_label_list(payload.get("add_labels"))
+            remove = _as_label_list(payload.get("remove_labels"))
+        except ValueError as exc:
+            return _error(400, str(exc))
+        with self._changed:
+            message = self._messages.get((inbox_id, message_id))
+            if message is None:
+                return _error(404, f"Message {message_id} not found")
+            labels = [
+                label for label in message.get("labels", []) if label not in remove
+            ]
+            labels.extend(label for label in add if label not in labels)
+            message["labels"] = labels
+            message["updated_at"] = _iso(_now())
+            self._label_updates.append(
+                LabelUpdate(
+                    inbox_id, message_id, tuple(add), tuple(remove), tuple(labels)
+                )
+            )
+            self._changed.notify_all()
+            return _Answer(200, {"message_id": message_id, "labels": list(labels)})
+
+    def _send(
+        self,
+        record: RecordedRequest,
+        payload: dict[str, Any],
+        kind: SendKind,
+        inbox_id: str,
+        source_id: str | None,
+    ) -> _Answer:
+        key = record.idempotency_key
+        if key is not None and not _IDEMPOTENCY_KEY_RE.fullmatch(key):
+            return _error(
+                400, "Idempotency-Key must be 1-256 characters of A-Za-z0-9-._~"
+            )
+        fingerprint = json.dumps(
+            [record.method, list(record.segments), payload], sort_keys=True
+        )
+        # One lock from key check to storing the answer, so concurrent retries with
+        # one key cannot both send.
+        with self._changed:
+            if key is not None:
+                previous = self._idempotency.get(key)
+                if previous is not None:
+                    if previous.fingerprint != fingerprint:
+                        return _error(
+                            409,
+                            "Idempotency-Key was already used for a different request",
+                            name="IdempotencyConflictError",
+                        )
+                    replay = _Answer(previous.status, copy.deepcopy(previous.body))
+                    replay.headers["Idempotent-Replayed"] = "true"
+                    return replay
+
+            source = self._messages.get((inbox_id, source_id)) if source_id else None
+            new_id = f"<{uuid.uuid4().hex}@agentmail-double.invalid>"
+            if kind in ("reply", "reply_all") and source is not None:
+                thread_id = str(source["thread_id"])
+            else:
+                thread_id = str(uuid.uuid4())
+            self._store_sent_message(inbox_id, new_id, thread_id, kind, payload, source)
+            body = {"message_id": new_id, "thread_id": thread_id}
+            if key is not None:
+                self._idempotency[key] = _StoredAnswer(fingerprint, 200, body)
+            self._sent.append(
+                SentEmail(
+                    kind=kind,
+                    inbox_id=inbox_id,
+                    source_message_id=source_id,
+                    json=copy.deepcopy(payload),
+                    idempotency_key=key,
+                    message_id=new_id,
+                    thread_id=thread_id,
+                )
+            )
+            self._changed.notify_all()
+            return _Answer(200, dict(body))
+
+    def _store_sent_message(
+        self,
+        inbox_id: str,
+        message_id: str,
+        thread_id: str,
+        kind: SendKind,
+        payload: dict[str, Any],
+        source: dict[str, Any] | None,
+    ) -> None:
+        """Keep what was sent as a message, so tests can fetch it like AgentMail's."""
+        to = _as_address_list(payload.get("to"))
+        subject = payload.get("subject")
+        if source is not None:
+            original_subject = str(source.get("subject") or "")
+            if kind in ("reply", "reply_all"):
+                to = to or [str(source.get("from", ""))]
+                subject = subject or f"Re: {original_subject}"
+            elif kind == "forward":
+                subject = subject or f"Fwd: {original_subject}"
+        message: dict[str, Any] = {
+            "message_id": message_id,
+            "thread_id": thread_id,
+            "labels": ["sent", *_as_label_list(payload.get("labels"))],
+            "from": inbox_id,
+            "to": to,
+        }
+        for name in ("cc", "bcc"):
+            if payload.get(name):
+                message[name] = _as_address_list(payload[name])
+        if subject:
+            message["subject"] = subject
+        for name in ("text", "html", "headers"):
+            if payload.get(name) is not None:
+                message[name] = payload[name]
+        if source is not None and kind != "forward":
+            message["in_reply_to"] = source["message_id"]
+        self._messages[(inbox_id, message_id)] = self._complete_message(
+            inbox_id, message
+        )
+
+    # ------------------------------------------------------------- attachments
+
+    @staticmethod
+    def _attachment_metadata(
+        attachment_id: str, attachment: _Attachment
+    ) -> dict[str, Any]:
+        return {
+            "attachment_id": attachment_id,
+            "filename": attachment.filename,
+            "content_type": attachment.content_type,
+            "size": len(attachment.content),
+            "content_disposition": "attachment",
+        }
+
+    def _get_attachment(
+        self, inbox_id: str, message_id: str, attachment_id: str
+    ) -> _Answer:
+        with self._lock:
+            attachment = self._attachments.get((inbox_id, message_id, attachment_id))
+            if attachment is None:
+                return _error(404, f"Attachment {attachment_id} not found")
+            token = secrets.token_urlsafe(16)
+            self._downloads[token] = attachment
+        body = self._attachment_metadata(attachment_id, attachment)
+        body["download_url"] = f"{self.url}/_downloads/{token}"
+        body["expires_at"] = _iso(_now() + timedelta(hours=1))
+        return _Answer(200, body)
+
+    def _download(self, token: str) -> _Answer:
+        with self._lock:
+            attachment = self._downloads.get(token)
+        if attachment is None:
+            return _error(404, "Download not found or expired")
+        return _Answer(
+            200,
+            raw=attachment.content,
+            content_type=attachment.content_type,
+            headers={
+                "Content-Disposition": f'attachment; filename="{attachment.filename}"'
+            },
+        )
+
+    # ------------------------------------------------------------------ threads
+
+    def _get_thread(self, inbox_id: str, thread_id: str) -> _Answer:
+        with self._lock:
+            seed = self._threads.get((inbox_id, thread_id))
+            messages = [
+                copy.deepcopy(message)
+                for (inbox, _), message in self._messages.items()
+                if inbox == inbox_id and message.get("thread_id") == thread_id
+            ]
+            if seed is None and not messages:
+                return _error(404, f"Thread {thread_id} not found")
+            seed = copy.deepcopy(seed or {})
+        stamp = _iso(_now())
+        last = messages[-1] if messages else {}
+        senders: list[str] = []
+        recipients: list[str] = []
+        labels: list[str] = []
+        for message in messages:
+            for sender in _as_address_list(message.get("from")):
+                if sender not in senders:
+                    senders.append(sender)
+            for name in ("to", "cc"):
+                for address in _as_address_list(message.get(name)):
+                    if address not in recipients:
+                        recipients.append(address)
+            for label in message.get("labels", []):
+                if label not in labels:
+                    labels.append(label)
+        thread: dict[str, Any] = {
+            "inbox_id": inbox_id,
+            "thread_id": thread_id,
+            "labels": labels,
+            "timestamp": last.get("timestamp", stamp),
+            "senders": senders,
+            "recipients": recipients,
+            "last_message_id": last.get("message_id", ""),
+            "message_count": len(messages),
+            "size": sum(int(message.get("size", 0)) for message in messages),
+            "created_at": messages[0].get("created_at", stamp) if messages else stamp,
+            "updated_at": last.get("updated_at", stamp),
+        }
+        if messages and messages[0].get("subject"):
+            thread["subject"] = messages[0]["subject"]
+        thread.update(seed)
+        thread["messages"] = messages
+        thread["count"] = len(messages)
+        return _Answer(200, thread)
+
+    # ----------------------------------------------------------------- webhooks
+
+    def _create_webhook(self, payload: dict[str, Any]) -> _Answer:
+        url = payload.get("url")
+        event_types = payload.get("event_types")
+        if not isinstance(url, str) or not url:
+            return _error(400, "url is required")
+        if not isinstance(event_types, list):
+            return _error(400, "event_types is required")
+        client_id = payload.get("client_id")
+        with self._lock:
+            if client_id is not None:
+                for existing in self._webhooks.values():
+                    if existing.get("client_id") == client_id:
+                        return _Answer(200, copy.deepcopy(existing))
+            stamp = _iso(_now())
+            webhook: dict[str, Any] = {
+                "webhook_id": f"wh_{uuid.uuid4().hex}",
+                "url": url,
+                "event_types": list(event_types),
+                "inbox_ids": payload.get("inbox_ids"),
+                "pod_ids": payload.get("pod_ids"),
+                "secret": "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode(),
+                "enabled": True,
+                "created_at": stamp,
+                "updated_at": stamp,
+                "client_id": client_id,
+            }
+            self._webhooks[webhook["webhook_id"]] = webhook
+            return _Answer(200, copy.deepcopy(webhook))
+
+    def _list_webhooks(self, record: RecordedRequest) -> _Answer:
+        with self._lock:
+            webhooks = copy.deepcopy(list(self._webhooks.values()))
+        if record.query.get("ascending", ["true"])[-1].lower() == "false":
+            webhooks.reverse()
+        limit = record.query.get("limit")
+        if limit and limit[-1].isdigit():
+            webhooks = webhooks[: int(limit[-1])]
+        return _Answer(200, {"count": len(webhooks), "webhooks": webhooks})
+
+    def _get_webhook(self, webhook_id: str) -> _Answer:
+        with self._lock:
+            webhook = self._webhooks.get(webhook_id)
+            if webhook is None:
+                return _error(404, f"Webhook {webhook_id} not found")
+            return _Answer(200, copy.deepcopy(webhook))
+
+    def _update_webhook(self, webhook_id: str, payload: dict[str, Any]) -> _Answer:
+        with self._lock:
+            webhook = self._webhooks.get(webhook_id)
+            if webhook is None:
+                return _error(404, f"Webhook {webhook_id} not found")
+            for kind in ("inbox_ids", "pod_ids"):
+                current = list(webhook.get(kind) or [])
+                for item in payload.get(f"add_{kind}") or []:
+                    if item not in current:
+                        current.append(item)
+                removed = set(payload.get(f"remove_{kind}") or [])
+                current = [item for item in current if item not in removed]
+                if current or webhook.get(kind) is not None:
+                    webhook[kind] = current
+            # AgentMail replaces event_types only when the new list is non-empty.
+            if payload.get("event_types"):
+                webhook["event_types"] = list(payload["event_types"])
+            if payload.get("enabled") is not None:
+                webhook["enabled"] = bool(payload["enabled"])
+            webhook["updated_at"] = _iso(_now())
+            return _Answer(200, copy.deepcopy(webhook))
+
+    def _delete_webhook(self, webhook_id: str) -> _Answer:
+        with self._lock:
+            if self._webhooks.pop(webhook_id, None) is None:
+                return _error(404, f"Webhook {webhook_id} not found")
+        return _Answer(204)

@@ -1,0 +1,189 @@
+"""Fixtures shared by the suite: a runner on a temporary SQLite store, aimed at the
+loopback AgentMail double, with helpers to deliver signed webhooks to it."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runner.config import Config, load_config
+from runner.runtime import Runtime
+from runner.testing.agentmail_double import AgentMailDouble
+from runner.verify import Verifier
+
+CORPUS = Path(__file__).parent / "corpus"
+PAYLOADS = sorted(
+    p for p in CORPUS.glob("*.json") if p.name != "standard-webhooks-vector.json"
+)
+
+# A fixed test secret (base64 of 24 bytes); never a real endpoint's.
+SECRET = "whsec_dGVzdC1zZWNyZXQtZm9yLXRoZS1ydW5uZXItdGVzdHM="
+
+TEMPLATES = """
+[plugins.autoresponder]
+[[plugins.autoresponder.templates]]
+to = "support@*"
+text = "Support: thanks for your email about '{subject}'."
+[[plugins.autoresponder.templates]]
+to = "*"
+text = "Thanks for your email about '{subject}'."
+"""
+
+
+def load_payload(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((CORPUS / name).read_text(encoding="utf-8"))
+    return data
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def write_config(
+    directory: Path, plugins: str = TEMPLATES, runner: dict[str, Any] | None = None
+) -> Path:
+    """A plugins.toml in ``directory`` with a ``[runner]`` table and plugin tables."""
+    settings = {"database": str(directory / "runner.db"), **(runner or {})}
+    lines = ["[runner]"]
+    for key, value in settings.items():
+        lines.append(f"{key} = {json.dumps(value)}")
+    path = directory / "plugins.toml"
+    path.write_text("\n".join(lines) + "\n" + plugins, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never see the developer's AgentMail or OpenAI settings."""
+    for name in list(os.environ):
+        if name.startswith(("AGENTMAIL_", "OPENAI_")):
+            monkeypatch.delenv(name)
+    # Nothing in the suite may reach a real API: aim the SDKs at a closed port.
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+
+
+@pytest.fixture
+def double() -> Iterator[AgentMailDouble]:
+    with AgentMailDouble() as d:
+        yield d
+
+
+@pytest.fixture
+def signer() -> Verifier:
+    return Verifier([SECRET])
+
+
+def sign(body: bytes, delivery_id: str | None = None) -> dict[str, str]:
+    return Verifier([SECRET]).sign(
+        body, delivery_id=delivery_id or f"msg_{uuid.uuid4().hex}"
+    )
+
+
+RuntimeFactory = Callable[..., Runtime]
+
+
+@pytest.fixture
+def make_runtime(tmp_path: Path, double: AgentMailDouble) -> Iterator[RuntimeFactory]:
+    """Build runtimes on a temporary store, aimed at the double; closed at the end."""
+    made: list[Runtime] = []
+
+    def factory(
+        plugins: str = TEMPLATES,
+        *,
+        extra_plugins: tuple[tuple[str, object], ...] = (),
+        api: bool = True,
+        dry_run: bool | None = None,
+        **runner: Any,
+    ) -> Runtime:
+        settings: dict[str, Any] = {
+            "webhook_secrets": [SECRET],
+            "retry_base_seconds": 0.01,
+            "retry_max_seconds": 0.05,
+            "poll_seconds": 0.05,
+            **runner,
+        }
+        if api:
+            settings["api_key"] = double.api_key
+            settings["api_base_url"] = double.url
+        path = write_config(tmp_path, plugins, settings)
+        config = load_config(path, environ={})
+        rt = Runtime(config, extra_plugins=extra_plugins, dry_run=dry_run)
+        made.append(rt)
+        return rt
+
+    yield factory
+    for rt in made:
+        rt.stop_workers(grace=5)
+        rt.close()
+
+
+def deliver(
+    rt: Runtime,
+    payload: dict[str, Any] | bytes,
+    *,
+    headers: dict[str, str] | None = None,
+    signed: bool = True,
+    delivery_id: str | None = None,
+) -> Any:
+    """POST a payload to the runtime's /webhook through Flask's test client."""
+    from runner.ingress import create_app
+
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    all_headers = sign(body, delivery_id) if signed else {}
+    all_headers.update(headers or {})
+    client = create_app(rt).test_client()
+    return client.post(
+        "/webhook",
+        data=body,
+        headers=all_headers,
+        environ_base={"REMOTE_ADDR": "127.0.0.1"},
+    )
+
+
+class LiveServer:
+    """The runner's real server (waitress and workers) on a loopback port."""
+
+    def __init__(self, rt: Runtime, workers: int | None = None) -> None:
+        from runner.server import make_server
+
+        self.rt = rt
+        self.server = make_server(rt, host="127.0.0.1", port=0)
+        self.url = f"http://127.0.0.1:{self.server.effective_port}"
+        rt.start_workers(workers)
+        self._thread = threading.Thread(target=self.server.run, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.server.close()
+        self.server.task_dispatcher.shutdown()
+        self._thread.join(5)
+        self.rt.stop_workers(grace=5)
+
+
+@pytest.fixture
+def live_server() -> Iterator[Callable[..., LiveServer]]:
+    started: list[LiveServer] = []
+
+    def start(rt: Runtime, workers: int | None = None) -> LiveServer:
+        server = LiveServer(rt, workers)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def config_for(path: Path) -> Config:
+    return load_config(path, environ={})

@@ -1,0 +1,72 @@
+"""The whole flow: signed webhook in, stored, dispatched, reply sent through the SDK."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+
+from tests.conftest import PAYLOADS, deliver, load_payload, sign
+
+
+def test_a_received_message_gets_one_templated_reply_in_its_thread(
+    make_runtime, double
+):
+    rt = make_runtime()
+    payload = load_payload("message-received.json")
+
+    response = deliver(rt, payload)
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "accepted", "event": payload["event_id"]}
+    assert rt.drain() == 1
+
+    [email] = double.sent
+    assert email.kind == "reply"
+    assert email.inbox_id == "helpdesk@agentmail.to"
+    assert email.source_message_id == "<CAF0x9k2@mail.example.org>"
+    assert email.json["text"] == (
+        "Thanks for your email about 'Invoice question for order 1042'."
+    )
+    assert email.json["headers"]["Auto-Submitted"] == "auto-replied"
+    assert email.idempotency_key.startswith("amr-")
+
+
+def test_sending_the_same_event_again_sends_nothing_more(make_runtime, double):
+    rt = make_runtime()
+    payload = load_payload("message-received.json")
+    deliver(rt, payload)
+    rt.drain()
+
+    again = deliver(rt, payload)
+
+    assert again.status_code == 200
+    assert again.get_json()["status"] == "duplicate"
+    assert rt.drain() == 0
+    assert len(double.sent) == 1
+
+
+def test_every_corpus_payload_through_a_live_server(make_runtime, double, live_server):
+    rt = make_runtime()
+    server = live_server(rt, workers=2)
+    received = []
+    with httpx.Client() as http:
+        for path in PAYLOADS:
+            body = path.read_bytes()
+            response = http.post(
+                f"{server.url}/webhook", content=body, headers=sign(body)
+            )
+            assert response.status_code == 200, (path.name, response.text)
+            if json.loads(body)["event_type"] == "message.received":
+                received.append(json.loads(body)["message"]["message_id"])
+        double.wait_for(lambda: len(double.sent) >= len(received), timeout=10)
+        for path in PAYLOADS:
+            body = path.read_bytes()
+            response = http.post(
+                f"{server.url}/webhook", content=body, headers=sign(body)
+            )
+            assert response.json()["status"] == "duplicate"
+
+    rt.stop_workers(grace=5)
+    assert sorted(e.source_message_id for e in double.sent) == sorted(received)
+    assert all(e.kind == "reply" for e in double.sent)
+    assert rt.store.count_by_status() == {"done": len(PAYLOADS)}
