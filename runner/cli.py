@@ -584,7 +584,27 @@ def _register_plugin_commands() -> None:
     for plugin in loaded.plugins:
         impl = loaded.implementation(plugin.name, "register_commands")
         if impl is not None:
-            call_one(impl, cli=cli, config=plugin.config)
+            call_one(
+                impl,
+                cli=cli,
+                config=plugin.config,
+                open_state=_state_opener(config, plugin.name),
+            )
+
+
+def _state_opener(config: Config, plugin: str) -> Any:
+    """Open the store only when a plugin's command runs, not at every start."""
+
+    def open_state() -> Any:
+        from runner.context import PluginState
+        from runner.store import Store, StoreUnavailable
+
+        try:
+            return PluginState(Store(config.runner.database), plugin)
+        except StoreUnavailable as exc:
+            _fail(f"cannot open the store: {exc}")
+
+    return open_state
 
 
 def main() -> None:

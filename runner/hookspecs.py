@@ -9,7 +9,7 @@ that a retry re-runs only the calls that did not succeed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from runner.actions import Action
-    from runner.context import Context, SendProposal
+    from runner.context import Context, PluginState, SendProposal
     from runner.events import Event
 
 PROJECT = "agentmail_runner"
@@ -73,6 +73,8 @@ def veto_send(proposal: SendProposal, context: Context) -> str | None:
 
 
 @hookspec
-def register_commands(cli: click.Group, config: Any) -> None:
-    """Add click commands to ``agentmail-runner`` (``config`` is the plugin's own)."""
+def register_commands(
+    cli: click.Group, config: Any, open_state: Callable[[], PluginState]
+) -> None:
+    """Add click commands to ``agentmail-runner``; ``open_state()`` opens the store."""
     raise NotImplementedError
