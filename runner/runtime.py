@@ -15,6 +15,7 @@ from runner.executor import Executor
 from runner.guard import SendGuard
 from runner.loader import PluginSet, load
 from runner.metrics import Metrics
+from runner.notify import start_listener
 from runner.ratelimit import FailureLimiter
 from runner.store import Store
 from runner.verify import SecretError, Verifier
@@ -107,6 +108,7 @@ class Runtime:
         self.stop_event = threading.Event()
         self.workers: list[Worker] = []
         self._threads: list[threading.Thread] = []
+        self._listener: threading.Thread | None = None
 
     def new_worker(self, *, prunes: bool = False) -> Worker:
         s = self.settings
@@ -125,6 +127,8 @@ class Runtime:
 
     def start_workers(self, count: int | None = None) -> None:
         count = self.settings.workers if count is None else count
+        if count and self._listener is None:
+            self._listener = start_listener(self.store, self.wakeup, self.stop_event)
         for index in range(count):
             worker = self.new_worker(prunes=index == 0)
             thread = threading.Thread(

@@ -13,7 +13,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +33,21 @@ __all__ = [
 
 log = logging.getLogger("agentmail_runner.store")
 
-SCHEMA_VERSION = 1
+# Each release that changes the schema adds a step: MIGRATIONS[n] upgrades a database at
+# version n - 1 to version n in place, so that no stored event is lost by an upgrade.
+# Version 1 is the first schema and has no step.
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+
+# The channel on which PostgreSQL tells workers in other processes of a new event.
+NOTIFY_CHANNEL = "agentmail_runner_events"
+
+# An arbitrary constant: the advisory lock that serialises schema changes on PostgreSQL.
+_SCHEMA_LOCK = 0x616D72
+
+
+def schema_version() -> int:
+    """The schema version this release writes."""
+    return max([1, *MIGRATIONS])
 
 metadata = sa.MetaData()
 
@@ -248,21 +262,31 @@ class Store:
             raise StoreUnavailable(str(exc.orig)) from exc
 
     def create_schema(self) -> None:
+        """Create the tables, or upgrade an older schema in place, in one transaction."""
+        target = schema_version()
         with self._tx() as conn:
-            metadata.create_all(conn)
-            found = conn.execute(
-                sa.select(schema_meta.c.value).where(schema_meta.c.key == "version")
-            ).scalar()
+            if self.dialect == "postgresql":
+                # Several processes may start at once; one creates or upgrades.
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_SCHEMA_LOCK)))
+            found = _stored_version(conn)
             if found is None:
-                conn.execute(
-                    schema_meta.insert().values(
-                        key="version", value=str(SCHEMA_VERSION)
-                    )
-                )
-            elif int(found) > SCHEMA_VERSION:
+                metadata.create_all(conn)
+                conn.execute(schema_meta.insert().values(key="version", value=str(target)))
+                return
+            if found > target:
                 raise StoreUnavailable(
                     f"the database has schema version {found}, newer than this "
-                    f"release's {SCHEMA_VERSION}: upgrade agentmail-runner"
+                    f"release's {target}: upgrade agentmail-runner"
+                )
+            for version in range(found + 1, target + 1):
+                log.warning("upgrading the store's schema to version %d", version)
+                MIGRATIONS[version](conn)
+            metadata.create_all(conn)
+            if found != target:
+                conn.execute(
+                    schema_meta.update()
+                    .where(schema_meta.c.key == "version")
+                    .values(value=str(target))
                 )
 
     def ping(self) -> None:
@@ -302,8 +326,15 @@ class Store:
         stmt = self._insert(events).values(**values)
         stmt = stmt.on_conflict_do_nothing(index_elements=["event_key"])
         with self._tx() as conn:
-            result = conn.execute(stmt.returning(events.c.id))
-            return result.scalar()
+            pk: int | None = conn.execute(stmt.returning(events.c.id)).scalar()
+            if pk is not None and dead_reason is None:
+                self._notify(conn)
+            return pk
+
+    def _notify(self, conn: Connection) -> None:
+        """Wake workers in other processes (PostgreSQL delivers it at commit)."""
+        if self.dialect == "postgresql":
+            conn.execute(sa.text(f"NOTIFY {NOTIFY_CHANNEL}"))
 
     def _insert(self, table: sa.Table) -> Any:
         if self.dialect == "postgresql":
@@ -437,6 +468,8 @@ class Store:
                     finished_at=None,
                 )
             )
+            if result.rowcount:
+                self._notify(conn)
             return bool(result.rowcount)
 
     # -- ledger and actions ----------------------------------------------------
@@ -711,6 +744,15 @@ class Store:
             conn.execute(ledger.delete().where(ledger.c.event_pk.in_(doomed)))
             result = conn.execute(events.delete().where(old))
             return int(result.rowcount)
+
+
+def _stored_version(conn: Connection) -> int | None:
+    if not sa.inspect(conn).has_table("schema_meta"):
+        return None
+    found = conn.execute(
+        sa.select(schema_meta.c.value).where(schema_meta.c.key == "version")
+    ).scalar()
+    return None if found is None else int(found)
 
 
 def _ledger_row(r: Any) -> LedgerRow:

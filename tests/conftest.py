@@ -3,6 +3,7 @@ loopback AgentMail double, with helpers to deliver signed webhooks to it."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -50,11 +51,63 @@ def free_port() -> int:
         return port
 
 
+# The engine the suite runs on: SQLite files by default; with
+# AGENTMAIL_RUNNER_TEST_ENGINE=postgresql, a fresh schema per test on the server named by
+# AGENTMAIL_RUNNER_TEST_POSTGRES (.ci/run runs the suite both ways). Read at import:
+# the environment fixture below hides AGENTMAIL_* variables from the tests themselves.
+POSTGRES_URL = os.environ.get("AGENTMAIL_RUNNER_TEST_POSTGRES", "")
+ENGINE = os.environ.get("AGENTMAIL_RUNNER_TEST_ENGINE", "sqlite")
+if ENGINE not in ("sqlite", "postgresql"):
+    raise RuntimeError(f"AGENTMAIL_RUNNER_TEST_ENGINE={ENGINE}: sqlite or postgresql")
+if ENGINE == "postgresql" and not POSTGRES_URL:
+    raise RuntimeError(
+        "AGENTMAIL_RUNNER_TEST_ENGINE=postgresql needs AGENTMAIL_RUNNER_TEST_POSTGRES "
+        "(start one with: eval \"$(.ci/postgres start /tmp/amr-pg)\")"
+    )
+_SCHEMA_PREFIX = "amr_test_"
+
+
+def postgres_schema_url(name: str) -> str:
+    """A URL on the test server whose tables live in a fresh schema ``name``."""
+    import psycopg
+
+    schema = _SCHEMA_PREFIX + hashlib.sha1(name.encode()).hexdigest()[:16]
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        conn.execute(f"CREATE SCHEMA {schema}")
+    return f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+
+
+def database_for(directory: Path) -> str:
+    """The database setting for a test working in ``directory``."""
+    if ENGINE == "postgresql":
+        return postgres_schema_url(str(directory))
+    return str(directory / "runner.db")
+
+
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_test_schemas() -> Iterator[None]:
+    yield
+    if ENGINE != "postgresql":
+        return
+    import psycopg
+
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        names = conn.execute(
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE %s",
+            (_SCHEMA_PREFIX + "%",),
+        ).fetchall()
+        for (name,) in names:
+            conn.execute(f"DROP SCHEMA {name} CASCADE")
+
+
 def write_config(
     directory: Path, plugins: str = TEMPLATES, runner: dict[str, Any] | None = None
 ) -> Path:
     """A plugins.toml in ``directory`` with a ``[runner]`` table and plugin tables."""
-    settings = {"database": str(directory / "runner.db"), **(runner or {})}
+    settings = {"database": database_for(directory), **(runner or {})}
     lines = ["[runner]"]
     for key, value in settings.items():
         lines.append(f"{key} = {json.dumps(value)}")
