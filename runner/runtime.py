@@ -157,6 +157,8 @@ class Runtime:
         if not in_time:
             for worker in self.workers:
                 worker.release_current()
+        if self._listener is not None:
+            self._listener.join(2.0)  # it checks the stop flag every second
         return in_time
 
     def drain(self) -> int:

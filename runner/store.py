@@ -26,6 +26,7 @@ __all__ = [
     "ActionRow",
     "EventRow",
     "LedgerRow",
+    "PluginActivity",
     "Store",
     "StoreUnavailable",
     "database_url",
@@ -48,6 +49,7 @@ _SCHEMA_LOCK = 0x616D72
 def schema_version() -> int:
     """The schema version this release writes."""
     return max([1, *MIGRATIONS])
+
 
 metadata = sa.MetaData()
 
@@ -211,6 +213,17 @@ class ActionRow:
 
 
 @dataclass(frozen=True)
+class PluginActivity:
+    """One plugin's calls in the ledger over a period, for the dashboard."""
+
+    plugin: str
+    calls: dict[str, int]
+    last_success_at: float | None
+    last_error_at: float | None
+    last_error: str | None
+
+
+@dataclass(frozen=True)
 class PlannedAction:
     """An action a plugin returned, ready to be written to the action log."""
 
@@ -246,7 +259,11 @@ class Store:
         self.engine = _make_engine(self.url)
         self.dialect = self.engine.dialect.name
         if create:
-            self.create_schema()
+            try:
+                self.create_schema()
+            except BaseException:
+                self.engine.dispose()
+                raise
 
     def close(self) -> None:
         self.engine.dispose()
@@ -271,7 +288,9 @@ class Store:
             found = _stored_version(conn)
             if found is None:
                 metadata.create_all(conn)
-                conn.execute(schema_meta.insert().values(key="version", value=str(target)))
+                conn.execute(
+                    schema_meta.insert().values(key="version", value=str(target))
+                )
                 return
             if found > target:
                 raise StoreUnavailable(
@@ -647,6 +666,14 @@ class Store:
             )
             return bool(result.rowcount)
 
+    def state_count(self, plugin: str, prefix: str = "") -> int:
+        query = sa.select(sa.func.count()).where(
+            plugin_state.c.plugin == plugin,
+            plugin_state.c.key.startswith(prefix, autoescape=True),
+        )
+        with self._tx() as conn:
+            return int(conn.execute(query).scalar() or 0)
+
     def state_items(self, plugin: str, prefix: str = "") -> list[tuple[str, Any]]:
         query = sa.select(plugin_state.c.key, plugin_state.c.value).where(
             plugin_state.c.plugin == plugin
@@ -683,7 +710,9 @@ class Store:
         status: str | None = None,
         event_type: str | None = None,
         before: int | None = None,
+        search: str | None = None,
     ) -> list[EventRow]:
+        """Newest first; ``search`` finds text in the keys, the type or the payload."""
         query = sa.select(events).order_by(events.c.id.desc()).limit(limit)
         if status:
             query = query.where(events.c.status == status)
@@ -691,6 +720,20 @@ class Store:
             query = query.where(events.c.event_type == event_type)
         if before:
             query = query.where(events.c.id < before)
+        if search:
+            query = query.where(
+                sa.or_(
+                    *(
+                        column.icontains(search, autoescape=True)
+                        for column in (
+                            events.c.event_key,
+                            events.c.delivery_id,
+                            events.c.event_type,
+                            events.c.payload,
+                        )
+                    )
+                )
+            )
         with self._tx() as conn:
             return [EventRow.from_row(r) for r in conn.execute(query).all()]
 
@@ -700,6 +743,87 @@ class Store:
                 sa.select(events.c.status, sa.func.count()).group_by(events.c.status)
             ).all()
         return {str(status): int(n) for status, n in rows}
+
+    def event_types(self) -> list[str]:
+        with self._tx() as conn:
+            rows = conn.execute(
+                sa.select(events.c.event_type).distinct().order_by(events.c.event_type)
+            ).all()
+        return [str(r.event_type) for r in rows if r.event_type]
+
+    def event_counts(
+        self, *, since: float, bucket_seconds: float
+    ) -> dict[int, tuple[int, int]]:
+        """Events received per time bucket since ``since``: {bucket: (all, failing)}.
+
+        An event is failing when it is a dead letter or its last attempt failed.
+        """
+        offset = (events.c.received_at - since) / bucket_seconds
+        if self.dialect == "sqlite":
+            bucket = sa.cast(offset, sa.Integer)  # truncation: offset is not negative
+        else:
+            bucket = sa.cast(sa.func.floor(offset), sa.Integer)
+        failing = sa.or_(events.c.status == DEAD, events.c.last_error.is_not(None))
+        query = (
+            sa.select(
+                bucket.label("bucket"),
+                sa.func.count().label("received"),
+                sa.func.sum(sa.case((failing, 1), else_=0)).label("failing"),
+            )
+            .where(events.c.received_at >= since)
+            .group_by(bucket)
+        )
+        with self._tx() as conn:
+            rows = conn.execute(query).all()
+        return {int(r.bucket): (int(r.received), int(r.failing or 0)) for r in rows}
+
+    def plugin_activity(self, *, since: float) -> list[PluginActivity]:
+        """Each plugin's ledger since ``since``: calls by status, last success, last
+        error."""
+        failed = ledger.c.status.in_(["failed", "permanent"])  # the dispatcher's
+        recent = ledger.c.updated_at >= since
+        latest_error = (
+            sa.select(ledger.c.plugin, sa.func.max(ledger.c.updated_at).label("at"))
+            .where(recent, failed)
+            .group_by(ledger.c.plugin)
+            .subquery()
+        )
+        with self._tx() as conn:
+            counts = conn.execute(
+                sa.select(ledger.c.plugin, ledger.c.status, sa.func.count())
+                .where(recent)
+                .group_by(ledger.c.plugin, ledger.c.status)
+            ).all()
+            successes = dict(
+                conn.execute(
+                    sa.select(ledger.c.plugin, sa.func.max(ledger.c.updated_at))
+                    .where(recent, ~failed)
+                    .group_by(ledger.c.plugin)
+                ).all()
+            )
+            same = sa.and_(
+                ledger.c.plugin == latest_error.c.plugin,
+                ledger.c.updated_at == latest_error.c.at,
+            )
+            errors = conn.execute(
+                sa.select(ledger.c.plugin, ledger.c.updated_at, ledger.c.error)
+                .join(latest_error, same)
+                .where(failed)
+            ).all()
+        calls: dict[str, dict[str, int]] = {}
+        for plugin, status, n in counts:
+            calls.setdefault(plugin, {})[status] = int(n)
+        last_error = {r.plugin: (r.updated_at, r.error) for r in errors}
+        return [
+            PluginActivity(
+                plugin=plugin,
+                calls=by_status,
+                last_success_at=successes.get(plugin),
+                last_error_at=last_error.get(plugin, (None, None))[0],
+                last_error=last_error.get(plugin, (None, None))[1],
+            )
+            for plugin, by_status in sorted(calls.items())
+        ]
 
     def oldest_due(self, *, now: float | None = None) -> float | None:
         """When the oldest event still waiting became due (for queue lag)."""
