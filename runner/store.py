@@ -279,7 +279,7 @@ class Store:
             raise StoreUnavailable(str(exc.orig)) from exc
 
     def create_schema(self) -> None:
-        """Create the tables, or upgrade an older schema in place, in one transaction."""
+        """Create the tables, or upgrade an older schema in place; one transaction."""
         target = schema_version()
         with self._tx() as conn:
             if self.dialect == "postgresql":

@@ -52,9 +52,9 @@ def free_port() -> int:
 
 
 # The engine the suite runs on: SQLite files by default; with
-# AGENTMAIL_RUNNER_TEST_ENGINE=postgresql, a fresh schema per test on the server named by
-# AGENTMAIL_RUNNER_TEST_POSTGRES (.ci/run runs the suite both ways). Read at import:
-# the environment fixture below hides AGENTMAIL_* variables from the tests themselves.
+# AGENTMAIL_RUNNER_TEST_ENGINE=postgresql, a fresh schema per test on the server that
+# AGENTMAIL_RUNNER_TEST_POSTGRES names (.ci/run runs the suite both ways). Read at
+# import: the environment fixture below hides AGENTMAIL_* variables from the tests.
 POSTGRES_URL = os.environ.get("AGENTMAIL_RUNNER_TEST_POSTGRES", "")
 ENGINE = os.environ.get("AGENTMAIL_RUNNER_TEST_ENGINE", "sqlite")
 if ENGINE not in ("sqlite", "postgresql"):
