@@ -1,67 +1,31 @@
 """Auto-responder: answer new mail in its thread.
 
-Template mode (the default) answers from templates chosen by the address that received
-the message, as in AgentMail's support/sales example; a message that no template
-matches gets no reply. Every reply still passes the runner's send guard.
+Template mode (without ``model``) answers from templates chosen by the address that
+received the message, as in AgentMail's support/sales example; a message that no
+template matches gets no reply.
+
+LLM mode (with ``model``) drafts the reply with a chat completion from OpenAI or any
+compatible server. The prompt carries the new content, the thread's earlier messages
+and the text the PDF extractor found in attachments, all fenced as data. Whatever the
+email says, the model's answer can only become the text of one reply to its sender; a
+completion that is empty, refused or cut off sends nothing and labels the message for
+a person instead.
+
+Every reply still passes the runner's send guard. The hook keeps no state of its own:
+once it has returned, the runner records the reply and never calls it again for that
+event, so a retried job sends the same text.
 """
 
 from __future__ import annotations
 
-import fnmatch
-import re
-from collections.abc import Iterable
+from runner import Action, AddLabels, Context, Event, Message, Reply, hookimpl
 
-from pydantic import Field
+from .config import AutoResponderConfig, Persona, Template
+from .llm import request_draft
+from .prompt import Conversation, Limits, build_messages, earlier_messages, new_content
+from .templates import receiving_addresses, render, template_reply
 
-from runner import Context, Event, PluginConfig, Reply, hookimpl
-
-__all__ = ["AutoResponderConfig", "Template", "render"]
-
-
-class Template(PluginConfig):
-    """One reply template and the recipient addresses it answers for."""
-
-    to: str = Field(
-        default="*",
-        description="Glob on the receiving address, e.g. 'support@*'; '*' for any.",
-    )
-    text: str = Field(min_length=1)
-    html: str | None = None
-
-
-class AutoResponderConfig(PluginConfig):
-    templates: list[Template] = Field(default_factory=list)
-
-
-_PLACEHOLDER = re.compile(r"\{(\w+)\}")
-
-
-def render(template: str, values: dict[str, str]) -> str:
-    """Fill ``{name}`` placeholders; unknown ones stay as written.
-
-    A plain substitution rather than str.format, so that text from the email (a subject
-    with braces, say) is only ever inserted, never interpreted.
-    """
-    return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), template)
-
-
-def _receiving_addresses(event: Event) -> list[str]:
-    message = event.message
-    if message is None:
-        return []
-    found = [message.inbox_id] if message.inbox_id else []
-    found += [a.email for a in (*message.to, *message.cc)]
-    return [a.lower() for a in found]
-
-
-def choose(templates: Iterable[Template], event: Event) -> Template | None:
-    """The first template whose pattern matches an address that received the mail."""
-    addresses = _receiving_addresses(event)
-    for template in templates:
-        pattern = template.to.lower()
-        if any(fnmatch.fnmatchcase(address, pattern) for address in addresses):
-            return template
-    return None
+__all__ = ["AutoResponderConfig", "Persona", "Template", "render"]
 
 
 @hookimpl
@@ -75,21 +39,72 @@ def config_schema() -> type[AutoResponderConfig]:
 
 
 @hookimpl
-def act(event: Event, context: Context) -> list[Reply]:
+def act(event: Event, context: Context) -> list[Action]:
     config: AutoResponderConfig = context.config or AutoResponderConfig()
-    message = event.message
-    if message is None:
+    if event.message is None:
         return []
-    template = choose(config.templates, event)
-    if template is None:
-        context.log.info("no template for %s; no reply", message.inbox_id)
+    if not config.llm:
+        return list(template_reply(config.templates, event, context))
+    return draft_reply(event, event.message, context, config)
+
+
+def draft_reply(
+    event: Event, message: Message, context: Context, config: AutoResponderConfig
+) -> list[Action]:
+    """LLM mode: one Reply with the model's text, or a label asking for a person."""
+    route = context.get("route")
+    persona = config.persona_for(
+        receiving_addresses(event), route if isinstance(route, str) else None
+    )
+    if persona is None and config.require_persona:
+        context.log.info("no persona for %s; no reply", message.inbox_id)
         return []
-    sender = message.sender
-    values = {
-        "subject": message.subject or "(no subject)",
-        "sender_name": (sender.name or sender.email) if sender else "",
-        "sender_email": sender.email if sender else "",
-        "inbox": message.inbox_id,
-    }
-    html = render(template.html, values) if template.html else None
-    return [Reply(text=render(template.text, values), html=html)]
+    drafting = config.drafting(persona)
+
+    body = new_content(message, context)
+    if body is None:
+        return _for_a_person(
+            config,
+            context,
+            "the payload left the body out and there is no AgentMail API key to "
+            "fetch it (set AGENTMAIL_API_KEY)",
+        )
+    conversation = Conversation(
+        newest=message,
+        body=body,
+        earlier=earlier_messages(message, context) if config.history_messages else (),
+        attachment_text=_text(context.get("pdf_text")),
+    )
+    limits = Limits(
+        history_messages=config.history_messages,
+        history_chars=config.history_chars,
+        message_chars=config.message_chars,
+        attachment_chars=config.attachment_chars,
+    )
+    prompt = build_messages(drafting.system_prompt, conversation, limits)
+
+    draft = request_draft(config, drafting, prompt)
+    if draft.problem is not None:
+        return _for_a_person(config, context, draft.problem)
+    context.log.info(
+        "drafted a reply of %d characters with %s (persona %s)",
+        len(draft.text),
+        drafting.model,
+        drafting.persona,
+    )
+    return [Reply(text=draft.text)]
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _for_a_person(
+    config: AutoResponderConfig, context: Context, reason: str
+) -> list[Action]:
+    context.log.warning(
+        "no reply sent: %s; labelled %r for a person to answer",
+        reason,
+        config.needs_human_label,
+    )
+    return [AddLabels(labels=(config.needs_human_label,))]
