@@ -1,0 +1,1 @@
+"""Tests of the built-in plugins, each through the full runner."""
