@@ -8,6 +8,7 @@ an idempotency key, after the send guard has had its say.
 from __future__ import annotations
 
 import dataclasses
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -38,6 +39,10 @@ class Action:
     def recipients(self) -> tuple[str, ...]:
         """Addresses this action would send to, before any reply-to resolution."""
         return ()
+
+    def public_dict(self) -> dict[str, Any]:
+        """``to_dict`` without anything secret, for showing in logs, CLI and pages."""
+        return self.to_dict()
 
     def describe(self) -> str:
         return self.kind
@@ -181,7 +186,20 @@ class HttpPost(Action):
     endpoint: str = ""
 
     def describe(self) -> str:
-        return f"POST to {self.endpoint or self.url}"
+        return f"POST to {self.endpoint or _origin(self.url)}"
+
+    def public_dict(self) -> dict[str, Any]:
+        # A Slack webhook's path is its secret; a header may carry a token.
+        shown = self.to_dict()
+        shown["url"] = _origin(self.url)
+        shown["headers"] = {name: "***" for name in self.headers}
+        return shown
+
+
+def _origin(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    hidden = "/***" if parts.path.strip("/") or parts.query else ""
+    return f"{parts.scheme}://{parts.hostname or ''}{hidden}"
 
 
 _KINDS: dict[str, type[Action]] = {

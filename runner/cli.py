@@ -60,7 +60,27 @@ def _setup_logging(level: str, json_lines: bool) -> None:
     logger.addHandler(handler)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _RunnerGroup(click.Group):
+    """The top-level group; it says why a plugin's command is missing."""
+
+    plugin_error: str | None = None
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as exc:
+            if self.plugin_error is None or "No such command" not in exc.message:
+                raise
+            raise click.UsageError(
+                f"{exc.message} Plugins could not add their commands, because the "
+                f"configuration does not load: {self.plugin_error}",
+                ctx,
+            ) from exc
+
+
+@click.group(cls=_RunnerGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
     "config_path",
@@ -469,9 +489,12 @@ def config_check(state: State, serving: bool) -> None:
 def config_show(state: State) -> None:
     """Print the effective configuration as JSON, secrets redacted."""
     from runner.loader import load
+    from runner.operations import hide_url_password
 
     config = state.config
     shown: dict[str, Any] = {"runner": redact(config.runner), "plugins": {}}
+    for key in ("database", "api_base_url"):
+        shown["runner"][key] = hide_url_password(shown["runner"][key])
     try:
         loaded = load(config, strict=False)
     except ConfigError as exc:
@@ -485,7 +508,7 @@ def config_show(state: State) -> None:
 
 @cli.group()
 def events() -> None:
-    """Inspect stored events."""
+    """Inspect stored events; retry or replay them."""
 
 
 def _store(state: State) -> Any:
@@ -565,10 +588,20 @@ def events_show(state: State, ref: str, as_json: bool) -> None:
         click.echo(format_story(story))
 
 
+def _add_operations() -> None:
+    """events retry/replay, dlq, webhooks, listen and new-plugin."""
+    from runner.operations import add_commands
+
+    add_commands(cli, events)
+
+
+_add_operations()
+
+
 def _register_plugin_commands() -> None:
     """Let enabled plugins add commands (for example `suppressions`)."""
     argv = sys.argv[1:]
-    config_path = None
+    config_path = os.environ.get("AGENTMAIL_RUNNER_CONFIG")
     for i, arg in enumerate(argv):
         if arg == "--config" and i + 1 < len(argv):
             config_path = argv[i + 1]
@@ -579,7 +612,9 @@ def _register_plugin_commands() -> None:
         from runner.loader import call_one, load
 
         loaded = load(config, strict=False)
-    except Exception:  # the command that runs will report a broken configuration
+    except Exception as exc:  # the command that runs reports it in full
+        assert isinstance(cli, _RunnerGroup)
+        cli.plugin_error = str(exc).splitlines()[0]
         return
     for plugin in loaded.plugins:
         impl = loaded.implementation(plugin.name, "register_commands")

@@ -4,7 +4,8 @@ The file has a ``[runner]`` table for the core and one ``[plugins.NAME]`` table 
 plugin. Secrets are never written inline in production: a value may be
 ``{ env = "NAME" }`` or ``{ file = "/run/secrets/x" }``. The environment wins over the
 file for the settings it names (``AGENTMAIL_API_KEY``, ``AGENTMAIL_BASE_URL``,
-``AGENTMAIL_WEBHOOK_SECRET``, ``AGENTMAIL_RUNNER_DATABASE``).
+``AGENTMAIL_WEBHOOK_SECRET``, ``AGENTMAIL_RUNNER_DATABASE``,
+``AGENTMAIL_RUNNER_ADMIN_TOKEN``).
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ ENV_API_KEY = "AGENTMAIL_API_KEY"
 ENV_BASE_URL = "AGENTMAIL_BASE_URL"
 ENV_WEBHOOK_SECRET = "AGENTMAIL_WEBHOOK_SECRET"
 ENV_DATABASE = "AGENTMAIL_RUNNER_DATABASE"
+ENV_ADMIN_TOKEN = "AGENTMAIL_RUNNER_ADMIN_TOKEN"
+MIN_ADMIN_TOKEN_LENGTH = 16
 
 
 class ConfigError(Exception):
@@ -116,7 +119,8 @@ class RunnerSettings(BaseModel):
     dry_run: bool = False
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     workers: int = Field(default=2, ge=0, le=64)
-    http_threads: int = Field(default=8, ge=1, le=256)
+    worker_nice: int = Field(default=10, ge=0, le=19)
+    http_threads: int = Field(default=32, ge=1, le=256)
     max_attempts: int = Field(default=8, ge=1)
     retry_base_seconds: float = Field(default=10.0, gt=0)
     retry_max_seconds: float = Field(default=3600.0, gt=0)
@@ -130,6 +134,8 @@ class RunnerSettings(BaseModel):
     strict_plugins: bool = False
     failed_verifications_per_minute: float = Field(default=30.0, gt=0)
     failed_verifications_burst: int = Field(default=20, ge=1)
+    admin_token: Secret | None = None
+    dashboard_allow_remote: bool = False
     guard: GuardSettings = Field(default_factory=GuardSettings)
 
     @field_validator("listen")
@@ -138,6 +144,17 @@ class RunnerSettings(BaseModel):
         host, sep, port = value.rpartition(":")
         if not sep or not host or not port.isdigit():
             raise ValueError("listen is HOST:PORT, for example 127.0.0.1:3000")
+        return value
+
+    @field_validator("admin_token")
+    @classmethod
+    def _admin_token_is_long(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_ADMIN_TOKEN_LENGTH:
+            raise ValueError(
+                f"admin_token is shorter than {MIN_ADMIN_TOKEN_LENGTH} characters; "
+                "generate one with: python3 -c "
+                "'import secrets; print(secrets.token_urlsafe(32))'"
+            )
         return value
 
     @property
@@ -167,6 +184,7 @@ class Config:
         """A plugin's table without the keys the runner itself reads."""
         table = dict(self.plugins.get(name, {}))
         table.pop("enabled", None)
+        table.pop("timeout_seconds", None)
         return table
 
     @property
@@ -217,6 +235,13 @@ def load_config(
         enabled = table.get("enabled", True)
         if not isinstance(enabled, bool):
             raise ConfigError(f"[plugins.{name}] enabled: write true or false")
+        budget = table.get("timeout_seconds", 1)
+        if isinstance(budget, bool) or not isinstance(budget, int | float):
+            budget = 0
+        if budget <= 0:
+            raise ConfigError(
+                f"[plugins.{name}] timeout_seconds: write a number of seconds above 0"
+            )
     return Config(runner=runner, plugins=dict(plugins), path=file_path)
 
 
@@ -230,6 +255,8 @@ def _apply_environment(table: dict[str, Any], env: Mapping[str, str]) -> None:
         table["api_base_url"] = env[ENV_BASE_URL]
     if env.get(ENV_DATABASE):
         table["database"] = env[ENV_DATABASE]
+    if env.get(ENV_ADMIN_TOKEN):
+        table["admin_token"] = env[ENV_ADMIN_TOKEN]
 
 
 _FIXES = {

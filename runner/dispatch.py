@@ -8,6 +8,7 @@ context, and its recorded actions are executed again under the same idempotency 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -15,12 +16,12 @@ import random
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from runner import store as st
-from runner.actions import Action, Reply, action_from_dict
+from runner.actions import Action, Reply, Send, action_from_dict
 from runner.context import AgentMailReader, Context, PluginState, SendProposal
 from runner.errors import PermanentError
 from runner.events import Event
@@ -55,10 +56,27 @@ class Outcome:
 
     status: str  # "done", "retry", "dead" or "lost" (the lease was taken over)
     errors: list[str] = field(default_factory=list)
+    # Calls that planned no action need not be durable before anything else happens:
+    # they are written with the event's new status, in one transaction.
+    ledger: list[st.LedgerWrite] = field(default_factory=list)
 
     @property
     def error(self) -> str | None:
         return "; ".join(self.errors) or None
+
+
+class LeaseKeeper(Protocol):
+    """Keeps the worker's lease on the event; False once it has been lost.
+
+    ``confirm=False`` may answer from memory (between plugin calls); ``confirm=True``
+    asks the store (before an action leaves the machine).
+    """
+
+    def __call__(self, confirm: bool = True, /) -> bool: ...
+
+
+def _always(confirm: bool = True, /) -> bool:
+    return True
 
 
 def backoff(attempt: int, base: float, cap: float) -> float:
@@ -104,21 +122,22 @@ class Dispatcher:
         row: st.EventRow,
         owner: str,
         *,
-        keep_lease: Callable[[], bool] | None = None,
+        keep_lease: LeaseKeeper | None = None,
     ) -> Outcome:
         """One attempt: call what has not succeeded, execute what is not done."""
-        keep_lease = keep_lease or (lambda: True)
+        keep_lease = keep_lease or _always
         try:
             event = Event(json.loads(row.payload), delivery_id=row.delivery_id or "")
         except ValueError as exc:
             return Outcome("dead", [f"stored payload is not JSON: {exc}"])
 
         outcome = Outcome("done")
-        ledger = self.store.ledger_for(row.pk)
+        ledger, planned = self.store.event_state(row.pk)
+        calls = {key: call.status for key, call in ledger.items()}
         data: dict[str, Any] = {}
-        subscribed = self.plugins.subscribed(event)
+        recorded_actions = False
         for stage in STAGES:
-            for plugin in subscribed:
+            for plugin in self.plugins.subscribed(event):
                 impl = self.plugins.implementation(plugin.name, stage)
                 if impl is None:
                     continue
@@ -129,14 +148,17 @@ class Dispatcher:
                 if done is not None and done.status == PERMANENT:
                     outcome.errors.append(f"{plugin.name}.{stage}: {done.error}")
                     continue
-                if not keep_lease():
+                if not keep_lease(False):
                     return Outcome("lost", ["the lease was lost"])
-                self._call(row, event, plugin, stage, impl, data, outcome)
+                status = self._call(row, event, plugin, stage, impl, data, outcome)
+                calls[(plugin.name, stage)] = status
+                recorded_actions |= status == ACTED
 
-        if not keep_lease():
+        if recorded_actions:
+            planned = self.store.actions_for(row.pk)
+        if not self._execute_actions(row, event, outcome, keep_lease, planned, calls):
             return Outcome("lost", ["the lease was lost"])
-        self._execute_actions(row, event, outcome)
-        return self._settle(row, outcome)
+        return self._settle(row, outcome, calls, planned)
 
     # -- plugin calls ----------------------------------------------------------
 
@@ -167,7 +189,8 @@ class Dispatcher:
         impl: Any,
         data: dict[str, Any],
         outcome: Outcome,
-    ) -> None:
+    ) -> str:
+        """Call one hook implementation; its ledger status."""
         context = self._context(event, plugin, data, row.attempts)
         budget = self.timeouts.get(plugin.name, self.settings.plugin_timeout_seconds)
         if self.trace:
@@ -200,18 +223,34 @@ class Dispatcher:
         if status not in (SUCCEEDED, ACTED):
             contributions = {}
 
-        self.store.record_call(
-            row.pk,
+        call = st.LedgerWrite(
             plugin=plugin.name,
             stage=stage,
             status=status,
             error=error,
             data=contributions,
             duration_ms=duration * 1000,
-            planned=planned,
         )
+        if planned:
+            # Intended actions are durable before any of them is executed.
+            self.store.record_call(
+                row.pk,
+                plugin=call.plugin,
+                stage=call.stage,
+                status=call.status,
+                error=call.error,
+                data=call.data,
+                duration_ms=duration * 1000,
+                planned=planned,
+            )
+        else:
+            outcome.ledger.append(call)
         self.metrics.plugin_calls.labels(plugin.name, stage, status).inc()
         self.metrics.plugin_seconds.labels(plugin.name, stage).observe(duration)
+        if error is None:
+            self.metrics.plugin_health.succeeded(plugin.name)
+        else:
+            self.metrics.plugin_health.failed(plugin.name, f"{stage}: {error}")
         if self.trace:
             trace_log.info(
                 "done %s.%s event=%s status=%s actions=%d %.1f ms",
@@ -235,13 +274,18 @@ class Dispatcher:
                 error,
             )
         data.update(contributions)
+        return status
 
     def _plan(
         self, row: st.EventRow, event: Event, plugin: str, stage: str, result: Any
     ) -> list[st.PlannedAction]:
         if result is None:
             return []
-        if isinstance(result, Action):
+        # A lone value (an action, a string, a mapping, a number) is checked as one
+        # item, so a wrong return type is named instead of failing on iteration.
+        if isinstance(result, Action | str | bytes | Mapping) or not isinstance(
+            result, Iterable
+        ):
             result = [result]
         planned = []
         for position, action in enumerate(result):
@@ -274,55 +318,74 @@ class Dispatcher:
     # -- actions ---------------------------------------------------------------
 
     def _execute_actions(
-        self, row: st.EventRow, event: Event, outcome: Outcome
-    ) -> None:
-        ledger = self.store.ledger_for(row.pk)
-        for action_row in self.store.actions_for(row.pk):
+        self,
+        row: st.EventRow,
+        event: Event,
+        outcome: Outcome,
+        keep_lease: LeaseKeeper,
+        planned: list[st.ActionRow],
+        calls: dict[tuple[str, str], str],
+    ) -> bool:
+        """Execute what is planned, updating ``planned`` in place with each action's
+        new status; False when the lease turned out to be lost."""
+        confirmed = False
+        for index, action_row in enumerate(planned):
             if action_row.status not in (st.PLANNED, st.FAILED):
                 if action_row.status == REJECTED:
                     outcome.errors.append(
                         f"{action_row.plugin}: {action_row.kind}: {action_row.error}"
                     )
                 continue
-            call = ledger.get((action_row.plugin, action_row.stage))
-            if call is None or call.status != ACTED:
+            if calls.get((action_row.plugin, action_row.stage)) != ACTED:
                 continue
-            self._execute_one(row, event, action_row, outcome)
+            # Another worker may have taken an expired lease over: then it, not this
+            # one, executes what is planned.
+            if not confirmed and not keep_lease(True):
+                return False
+            confirmed = True
+            status = self._execute_one(row, event, action_row, outcome)
+            planned[index] = dataclasses.replace(action_row, status=status)
 
         finished = {st.EXECUTED, st.VETOED, st.RECORDED}
-        by_call: dict[tuple[str, str], list[str]] = {}
-        for action_row in self.store.actions_for(row.pk):
+        by_call: dict[tuple[str, str], set[str]] = {}
+        for action_row in planned:
             key = (action_row.plugin, action_row.stage)
-            by_call.setdefault(key, []).append(action_row.status)
+            by_call.setdefault(key, set()).add(action_row.status)
         for (plugin, stage), statuses in by_call.items():
-            call = ledger.get((plugin, stage))
-            if call is not None and call.status == ACTED and set(statuses) <= finished:
-                self.store.set_ledger_status(row.pk, plugin, stage, SUCCEEDED, None)
+            if calls.get((plugin, stage)) == ACTED and statuses <= finished:
+                calls[(plugin, stage)] = SUCCEEDED
+                outcome.ledger.append(
+                    st.LedgerWrite(
+                        plugin=plugin,
+                        stage=stage,
+                        status=SUCCEEDED,
+                        counts_attempt=False,
+                    )
+                )
+        return True
 
     def _execute_one(
         self, row: st.EventRow, event: Event, action_row: st.ActionRow, outcome: Outcome
-    ) -> None:
+    ) -> str:
+        """Guard, then execute, one action; its new status (recorded at once)."""
         action = action_from_dict(action_row.params)
         recipients = self._recipients(event, action)
         try:
             reason = self._veto(event, action, action_row.plugin, recipients)
         except Exception as exc:
             error = f"a veto_send hook failed, so nothing was sent: {_describe(exc)}"
-            self._record_action(row, action_row, st.FAILED, None, error)
             outcome.errors.append(error)
-            return
+            return self._record_action(row, action_row, st.FAILED, None, error)
         if reason is not None:
-            self._record_action(row, action_row, st.VETOED, None, reason)
-            return
+            return self._record_action(row, action_row, st.VETOED, None, reason)
         try:
             result = self.executor.execute(event, action, action_row.idempotency_key)
         except ActionFailed as exc:
             status = REJECTED if exc.permanent else st.FAILED
-            self._record_action(row, action_row, status, None, str(exc))
             outcome.errors.append(f"{action_row.plugin}: {action.kind}: {exc}")
-            return
+            return self._record_action(row, action_row, status, None, str(exc))
         status = st.RECORDED if self.executor.dry_run else st.EXECUTED
-        self._record_action(row, action_row, status, result, None)
+        return self._record_action(row, action_row, status, result, None)
 
     def _veto(
         self, event: Event, action: Action, plugin: str, recipients: tuple[str, ...]
@@ -330,11 +393,12 @@ class Dispatcher:
         reason = self.guard.check(event, action, recipients)
         if reason is not None or not action.sends_email:
             return reason
+        sender = action.inbox_id if isinstance(action, Send) else None
         proposal = SendProposal(
             action=action,
             plugin=plugin,
             event=event,
-            inbox_id=event.inbox_id,
+            inbox_id=sender or event.inbox_id,
             recipients=recipients,
         )
         for loaded in self.plugins.plugins:
@@ -354,7 +418,7 @@ class Dispatcher:
         status: str,
         result: dict[str, Any] | None,
         error: str | None,
-    ) -> None:
+    ) -> str:
         self.store.finish_action(
             action_row.pk, status=status, result=result, error=error
         )
@@ -370,17 +434,22 @@ class Dispatcher:
             action_row.idempotency_key,
             f": {error}" if error else "",
         )
+        return status
 
     # -- the attempt's end -----------------------------------------------------
 
-    def _settle(self, row: st.EventRow, outcome: Outcome) -> Outcome:
-        ledger = self.store.ledger_for(row.pk)
-        actions = self.store.actions_for(row.pk)
-        retryable = any(c.status == FAILED for c in ledger.values()) or any(
-            a.status == st.FAILED for a in actions
+    def _settle(
+        self,
+        row: st.EventRow,
+        outcome: Outcome,
+        calls: dict[tuple[str, str], str],
+        planned: list[st.ActionRow],
+    ) -> Outcome:
+        retryable = FAILED in calls.values() or any(
+            a.status == st.FAILED for a in planned
         )
-        permanent = any(c.status == PERMANENT for c in ledger.values()) or any(
-            a.status == REJECTED for a in actions
+        permanent = PERMANENT in calls.values() or any(
+            a.status == REJECTED for a in planned
         )
         if retryable:
             if row.attempts >= self.settings.max_attempts:

@@ -9,7 +9,6 @@ included, so that a plugin can always reach what the runner did not model.
 from __future__ import annotations
 
 import fnmatch
-import html as html_module
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from email.headerregistry import HeaderRegistry
@@ -123,8 +122,9 @@ def html_to_text(markup: str) -> str:
     except Exception:  # malformed markup still yields whatever text was read
         pass
     lines = (" ".join(line.split()) for line in "".join(parser.parts).splitlines())
-    text = "\n".join(line for line in lines if line)
-    return html_module.unescape(text)
+    # The parser has already decoded entities (convert_charrefs): decoding again would
+    # turn a literal "&lt;" in the mail into "<".
+    return "\n".join(line for line in lines if line)
 
 
 def _freeze(value: Any) -> Any:

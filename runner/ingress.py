@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from runner.store import StoreUnavailable
+from runner.dashboard.suppressions import count_suppressions, suppressions_enabled
+from runner.store import DEAD, DONE, PENDING, RUNNING, NewEvent, StoreUnavailable
 from runner.verify import VerificationError
 
 if TYPE_CHECKING:
@@ -41,6 +42,10 @@ def create_app(rt: Runtime) -> Flask:
     # A trailing slash must not turn into a redirect: Svix counts 3xx as failure.
     app.url_map.strict_slashes = False
     app.register_blueprint(bp)
+    if rt.settings.admin_token is not None:
+        from runner.dashboard.views import blueprint as dashboard
+
+        app.register_blueprint(dashboard)
     return app
 
 
@@ -127,14 +132,16 @@ def accept_delivery(
     else:
         key = "sha256:" + hashlib.sha256(body).hexdigest()
     text = body.decode("utf-8", errors="replace")
-    pk = rt.store.insert_event(
-        event_key=key,
-        event_id=event_id or None,
-        delivery_id=delivery_id or None,
-        event_type=event_type,
-        payload=text,
-        scheme=scheme,
-        dead_reason=reason,
+    pk = rt.committer.submit(
+        NewEvent(
+            event_key=key,
+            event_id=event_id or None,
+            delivery_id=delivery_id or None,
+            event_type=event_type,
+            payload=text,
+            scheme=scheme,
+            dead_reason=reason,
+        )
     )
     if pk is None:
         log.info("event %s %s: duplicate delivery, already stored", key, event_type)
@@ -183,22 +190,53 @@ def readyz() -> Response:
     except StoreUnavailable as exc:
         checks["store"] = f"unavailable: {exc}"
         ready = False
-    checks["plugins"] = {p.name: "loaded" for p in rt.plugins.plugins}
+    checks["plugins"] = {p.name: _plugin_check(rt, p.name) for p in rt.plugins.plugins}
     checks["plugins"].update(
-        {name: f"failed: {error}" for name, error in rt.plugins.failures.items()}
+        {
+            name: {"status": "failed", "error": error}
+            for name, error in rt.plugins.failures.items()
+        }
     )
     checks["dry_run"] = rt.dry_run
     return _json(200 if ready else 503, ready=ready, checks=checks)
+
+
+def _plugin_check(rt: Runtime, plugin: str) -> dict[str, Any]:
+    """A loaded plugin's latest outcomes in this process (none before its first
+    call)."""
+    record = rt.metrics.plugin_health.get(plugin)
+    error = record.last_error
+    if error is not None and len(error) > _MAX_ERROR_CHARS:
+        error = error[:_MAX_ERROR_CHARS] + "..."
+    return {
+        "status": "loaded",
+        "last_success_at": _iso(record.last_success_at),
+        "last_error_at": _iso(record.last_error_at),
+        "last_error": error,
+    }
+
+
+_MAX_ERROR_CHARS = 500
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
 @bp.get("/metrics")
 def metrics() -> Response:
     rt = runtime()
     try:
-        for status, count in rt.store.count_by_status().items():
-            rt.metrics.queue_depth.labels(status).set(count)
+        depth = rt.store.count_by_status()
+        # Every status is set, so a queue that empties reads 0 rather than its past.
+        for status in (PENDING, RUNNING, DONE, DEAD, *depth):
+            rt.metrics.queue_depth.labels(status).set(depth.get(status, 0))
         oldest = rt.store.oldest_due()
         rt.metrics.queue_lag.set(time.time() - oldest if oldest else 0.0)
+        if suppressions_enabled(rt):
+            rt.metrics.suppressions.set(count_suppressions(rt.store))
     except StoreUnavailable:
         pass  # the counters are still worth serving; /readyz reports the store
     return Response(

@@ -108,7 +108,7 @@ def load(
     for name in plugin_set.disabled:
         plugin_set.manager.set_blocked(name)
 
-    extra_names = {name for name, _ in extra}
+    extra_names = [name for name, _ in extra]
     for name in enabled:
         if name in extra_names:
             continue
@@ -138,7 +138,10 @@ def load(
     for name, obj in extra:
         _register(plugin_set, config, name, obj, "(registered)", "", strict)
 
-    order = {name: i for i, name in enumerate([*enabled, *extra_names])}
+    # Configured plugins keep their place in the file; the others follow as given.
+    order: dict[str, int] = {}
+    for name in [*enabled, *extra_names]:
+        order.setdefault(name, len(order))
     plugin_set.plugins.sort(key=lambda p: order.get(p.name, len(order)))
     return plugin_set
 
@@ -187,7 +190,11 @@ def _register(
         for caller in manager.get_hookcallers(obj) or ()
         if not caller.name.startswith("_")
     )
-    unknown = [h for h in _declared_hooks(obj) if not hasattr(manager.hook, h)]
+    # pluggy registers an implementation of an unknown hook without complaint (it
+    # makes a hook caller with no spec for it), so a spec is what tells them apart.
+    unknown = [
+        h for h in _declared_hooks(obj) if not getattr(manager.hook, h).has_spec()
+    ]
     if unknown:
         manager.unregister(name=name)
         _fail(
@@ -227,7 +234,7 @@ def _configure(plugin_set: PluginSet, config: Config, name: str) -> Any:
             keys = ", ".join(sorted(table))
             raise ConfigError(
                 f"[plugins.{name}] {keys}: this plugin takes no settings "
-                "(remove them, keeping only `enabled`)"
+                "(remove them; only `enabled` and `timeout_seconds` apply)"
             )
         return None
     if not (isinstance(schema, type) and issubclass(schema, BaseModel)):

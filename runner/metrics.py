@@ -2,9 +2,48 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from dataclasses import dataclass
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["Metrics"]
+__all__ = ["Metrics", "PluginHealth", "PluginRecord"]
+
+
+@dataclass(frozen=True)
+class PluginRecord:
+    """When a plugin's hook calls last succeeded and last failed in this process."""
+
+    last_success_at: float | None = None
+    last_error_at: float | None = None
+    last_error: str | None = None
+
+
+class PluginHealth:
+    """The latest outcome of each plugin's calls, for ``/readyz``; thread-safe."""
+
+    def __init__(self) -> None:
+        self._records: dict[str, PluginRecord] = {}
+        self._lock = threading.Lock()
+
+    def succeeded(self, plugin: str, *, now: float | None = None) -> None:
+        when = time.time() if now is None else now
+        with self._lock:
+            old = self._records.get(plugin, PluginRecord())
+            self._records[plugin] = PluginRecord(
+                when, old.last_error_at, old.last_error
+            )
+
+    def failed(self, plugin: str, error: str, *, now: float | None = None) -> None:
+        when = time.time() if now is None else now
+        with self._lock:
+            old = self._records.get(plugin, PluginRecord())
+            self._records[plugin] = PluginRecord(old.last_success_at, when, error)
+
+    def get(self, plugin: str) -> PluginRecord:
+        with self._lock:
+            return self._records.get(plugin, PluginRecord())
 
 
 class Metrics:
@@ -12,6 +51,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self.plugin_health = PluginHealth()
         r = self.registry
         self.deliveries = Counter(
             "agentmail_runner_deliveries",
@@ -61,6 +101,6 @@ class Metrics:
         )
         self.suppressions = Gauge(
             "agentmail_runner_suppressions",
-            "Addresses suppressed by plugins that report it.",
+            "Addresses on the bounce tracker's suppression list, read at scrape time.",
             registry=r,
         )

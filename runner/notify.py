@@ -53,6 +53,8 @@ def _listen(conninfo: str, wakeup: Wakeup, stop: threading.Event) -> None:
                     for _ in conn.notifies(timeout=1.0, stop_after=1000):
                         wakeup.notify()
         except psycopg.Error as exc:
-            log.warning("LISTEN connection lost, reconnecting in %.1f s: %s", delay, exc)
+            log.warning(
+                "LISTEN connection lost, reconnecting in %.1f s: %s", delay, exc
+            )
             stop.wait(delay)
             delay = min(delay * 2, 30.0)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from runner.batching import GroupCommitter
 from runner.config import Config, ConfigError
 from runner.dispatch import Dispatcher
 from runner.executor import Executor
@@ -80,6 +81,7 @@ class Runtime:
             burst=settings.failed_verifications_burst,
         )
         self.store = store or Store(settings.database)
+        self.committer = GroupCommitter(self.store)
         self.plugins: PluginSet = load(config, extra=extra_plugins)
         self._http = httpx.Client(timeout=settings.api_timeout_seconds)
         self.client = client if client is not None else make_client(config, self._http)
@@ -123,6 +125,7 @@ class Runtime:
             dead_retention_seconds=s.dead_letter_retention_hours * 3600,
             prunes=prunes,
             owner=new_owner(),
+            nice=s.worker_nice,
         )
 
     def start_workers(self, count: int | None = None) -> None:
@@ -170,5 +173,6 @@ class Runtime:
         return processed
 
     def close(self) -> None:
+        self.committer.close()
         self._http.close()
         self.store.close()

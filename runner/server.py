@@ -55,7 +55,9 @@ def make_server(rt: Runtime, *, host: str, port: int) -> Any:
         port=port,
         threads=rt.settings.http_threads,
         # waitress buffers the whole body before the app sees it; stop large ones there.
-        max_request_body_size=rt.settings.max_body_bytes + 1,
+        # It counts chunked framing (size lines, CRLFs) against this limit too, so it
+        # gets headroom; the handler enforces the exact cap on the decoded body.
+        max_request_body_size=2 * rt.settings.max_body_bytes + 65536,
         ident="agentmail-runner",
         clear_untrusted_proxy_headers=True,
     )

@@ -9,13 +9,14 @@ action log records each intended action, with its idempotency key, before it exe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -224,6 +225,36 @@ class PluginActivity:
 
 
 @dataclass(frozen=True)
+class LedgerWrite:
+    """One plugin call's outcome, to be written to the ledger.
+
+    With ``counts_attempt`` False it only moves an earlier call on (acted to
+    succeeded) and keeps what that call recorded.
+    """
+
+    plugin: str
+    stage: str
+    status: str
+    error: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    duration_ms: float | None = None
+    counts_attempt: bool = True
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """A delivery to store: the payload as received and what the ingress read of it."""
+
+    event_key: str
+    event_id: str | None
+    delivery_id: str | None
+    event_type: str
+    payload: str
+    scheme: str
+    dead_reason: str | None = None
+
+
+@dataclass(frozen=True)
 class PlannedAction:
     """An action a plugin returned, ready to be written to the action log."""
 
@@ -258,6 +289,9 @@ class Store:
         self.url = database_url(url)
         self.engine = _make_engine(self.url)
         self.dialect = self.engine.dialect.name
+        self._write_lock: contextlib.AbstractContextManager[Any] = (
+            threading.Lock() if self.dialect == "sqlite" else contextlib.nullcontext()
+        )
         if create:
             try:
                 self.create_schema()
@@ -269,13 +303,35 @@ class Store:
         self.engine.dispose()
 
     @contextmanager
-    def _tx(self) -> Iterator[Connection]:
+    def _tx(self, *, durable: bool = False) -> Iterator[Connection]:
+        """A write transaction.
+
+        ``durable`` commits survive power loss, not only a killed process: on SQLite
+        they fsync the log, which also makes every earlier commit durable. Take it for
+        what others rely on (an acknowledged delivery, an action about to be sent,
+        plugin state); a lost claim or completion only means doing again, under the
+        same idempotency keys, what was already done.
+
+        On SQLite, one writer at a time per process: waiting on this lock is fair and
+        immediate, where SQLite's own busy handler sleeps in steps of up to 100 ms.
+        """
         try:
-            with self.engine.begin() as conn:
-                yield conn
-        except sa.exc.OperationalError as exc:
+            with self._write_lock, self.engine.connect() as conn:
+                conn.execution_options(amr_durable=durable)
+                with conn.begin():
+                    yield conn
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
             raise StoreUnavailable(str(exc.orig)) from exc
-        except sa.exc.InterfaceError as exc:
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        """A read-only transaction: on SQLite (WAL) it runs beside the writer."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execution_options(amr_read_only=True)
+                with conn.begin():
+                    yield conn
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
             raise StoreUnavailable(str(exc.orig)) from exc
 
     def create_schema(self) -> None:
@@ -309,7 +365,7 @@ class Store:
                 )
 
     def ping(self) -> None:
-        with self._tx() as conn:
+        with self._read() as conn:
             conn.execute(sa.select(1))
 
     # -- ingress ---------------------------------------------------------------
@@ -327,28 +383,57 @@ class Store:
         now: float | None = None,
     ) -> int | None:
         """Store a delivered event; None when its key is already stored."""
+        new = NewEvent(
+            event_key=event_key,
+            event_id=event_id,
+            delivery_id=delivery_id,
+            event_type=event_type,
+            payload=payload,
+            scheme=scheme,
+            dead_reason=dead_reason,
+        )
+        return self.insert_events([new], now=now)[0]
+
+    def insert_events(
+        self, batch: Sequence[NewEvent], *, now: float | None = None
+    ) -> list[int | None]:
+        """Store delivered events in one durable transaction (one fsync for all).
+
+        Returns each event's row number, or None for a duplicate: a key already
+        stored, or one that an earlier entry of the same batch carries.
+        """
         now = time.time() if now is None else now
-        values = {
-            "event_key": event_key,
-            "event_id": event_id,
-            "delivery_id": delivery_id,
-            "event_type": event_type,
-            "payload": payload,
-            "scheme": scheme,
-            "status": DEAD if dead_reason else PENDING,
-            "attempts": 0,
-            "received_at": now,
-            "next_attempt_at": now,
-            "last_error": dead_reason,
-            "finished_at": now if dead_reason else None,
-        }
-        stmt = self._insert(events).values(**values)
-        stmt = stmt.on_conflict_do_nothing(index_elements=["event_key"])
-        with self._tx() as conn:
-            pk: int | None = conn.execute(stmt.returning(events.c.id)).scalar()
-            if pk is not None and dead_reason is None:
+        rows = [
+            {
+                "event_key": e.event_key,
+                "event_id": e.event_id,
+                "delivery_id": e.delivery_id,
+                "event_type": e.event_type,
+                "payload": e.payload,
+                "scheme": e.scheme,
+                "status": DEAD if e.dead_reason else PENDING,
+                "attempts": 0,
+                "received_at": now,
+                "next_attempt_at": now,
+                "last_error": e.dead_reason,
+                "finished_at": now if e.dead_reason else None,
+            }
+            for e in batch
+        ]
+        stmt = (
+            self._insert(events)
+            .values(rows)
+            .on_conflict_do_nothing(index_elements=["event_key"])
+            .returning(events.c.id, events.c.event_key)
+        )
+        with self._tx(durable=True) as conn:
+            stored = {key: pk for pk, key in conn.execute(stmt).all()}
+            if any(e.dead_reason is None and e.event_key in stored for e in batch):
                 self._notify(conn)
-            return pk
+        result: list[int | None] = []
+        for e in batch:
+            result.append(stored.pop(e.event_key, None))
+        return result
 
     def _notify(self, conn: Connection) -> None:
         """Wake workers in other processes (PostgreSQL delivers it at commit)."""
@@ -428,30 +513,54 @@ class Store:
             events.c.lease_owner == owner,
         )
 
-    def complete(self, event_pk: int, owner: str, *, now: float | None = None) -> bool:
+    # complete, reschedule and bury end an attempt. ``ledger`` carries the calls the
+    # attempt did not have to record at once (those that planned no action): they are
+    # written in the same transaction, and only while the lease is still held.
+
+    def complete(
+        self,
+        event_pk: int,
+        owner: str,
+        *,
+        ledger: Sequence[LedgerWrite] = (),
+        now: float | None = None,
+    ) -> bool:
         now = time.time() if now is None else now
         return self._finish(
-            event_pk, owner, status=DONE, last_error=None, finished_at=now
+            event_pk, owner, ledger, status=DONE, last_error=None, finished_at=now
         )
 
     def reschedule(
-        self, event_pk: int, owner: str, *, next_attempt_at: float, error: str
+        self,
+        event_pk: int,
+        owner: str,
+        *,
+        next_attempt_at: float,
+        error: str,
+        ledger: Sequence[LedgerWrite] = (),
     ) -> bool:
         return self._finish(
             event_pk,
             owner,
+            ledger,
             status=PENDING,
             next_attempt_at=next_attempt_at,
             last_error=error,
         )
 
     def bury(
-        self, event_pk: int, owner: str, reason: str, *, now: float | None = None
+        self,
+        event_pk: int,
+        owner: str,
+        reason: str,
+        *,
+        ledger: Sequence[LedgerWrite] = (),
+        now: float | None = None,
     ) -> bool:
         """Move an event to the dead-letter list."""
         now = time.time() if now is None else now
         return self._finish(
-            event_pk, owner, status=DEAD, last_error=reason, finished_at=now
+            event_pk, owner, ledger, status=DEAD, last_error=reason, finished_at=now
         )
 
     def release(self, event_pk: int, owner: str) -> bool:
@@ -459,18 +568,27 @@ class Store:
         return self._finish(
             event_pk,
             owner,
+            (),
             status=PENDING,
             attempts=sa.func.max(events.c.attempts - 1, 0)
             if self.dialect == "sqlite"
             else sa.func.greatest(events.c.attempts - 1, 0),
         )
 
-    def _finish(self, event_pk: int, owner: str, **values: Any) -> bool:
+    def _finish(
+        self,
+        event_pk: int,
+        owner: str,
+        calls: Sequence[LedgerWrite],
+        **values: Any,
+    ) -> bool:
         values.update(lease_owner=None, lease_expires_at=None)
         with self._tx() as conn:
             result = conn.execute(
                 events.update().where(self._held(event_pk, owner)).values(**values)
             )
+            if result.rowcount and calls:
+                _write_ledger(conn, event_pk, calls, time.time())
             return bool(result.rowcount)
 
     def requeue(self, event_pk: int, *, now: float | None = None) -> bool:
@@ -491,10 +609,115 @@ class Store:
                 self._notify(conn)
             return bool(result.rowcount)
 
+    # -- operator commands: retry, replay, drop --------------------------------
+
+    def retry_event(self, event_pk: int, *, now: float | None = None) -> bool:
+        """Queue a dead letter, or an event waiting to be retried, again at once.
+
+        The ledger is kept, so what succeeded is not repeated. Calls and actions that
+        failed for good get another chance: whoever asks for a retry has presumably
+        fixed their cause. False when the event is neither dead nor failing.
+        """
+        now = time.time() if now is None else now
+        failing = sa.and_(events.c.status == PENDING, events.c.last_error.is_not(None))
+        with self._tx(durable=True) as conn:
+            result = conn.execute(
+                events.update()
+                .where(
+                    events.c.id == event_pk,
+                    sa.or_(events.c.status == DEAD, failing),
+                )
+                .values(
+                    status=PENDING, attempts=0, next_attempt_at=now, finished_at=None
+                )
+            )
+            if not result.rowcount:
+                return False
+            # The dispatcher's words: a "permanent" call and a "rejected" action are
+            # never tried again, a "failed" one is.
+            conn.execute(
+                ledger.update()
+                .where(ledger.c.event_pk == event_pk, ledger.c.status == "permanent")
+                .values(status="failed", updated_at=now)
+            )
+            conn.execute(
+                actions.update()
+                .where(actions.c.event_pk == event_pk, actions.c.status == "rejected")
+                .values(status=FAILED)
+            )
+            self._notify(conn)
+            return True
+
+    def replay_event(
+        self, event_pk: int, prefix: str, *, now: float | None = None
+    ) -> int | None:
+        """Store a finished event again as ``PREFIX:KEY``, to be processed afresh.
+
+        Idempotency keys derive from the event key, so every action of the copy is a
+        new request to AgentMail; ``prefix`` must make the key new. The original, its
+        ledger and its dedup key stay as they were. None when the event is not done
+        or dead.
+        """
+        now = time.time() if now is None else now
+        with self._tx(durable=True) as conn:
+            original = conn.execute(
+                sa.select(events).where(
+                    events.c.id == event_pk, events.c.status.in_([DONE, DEAD])
+                )
+            ).first()
+            if original is None:
+                return None
+            pk: int | None = conn.execute(
+                events.insert()
+                .values(
+                    event_key=f"{prefix}:{original.event_key}"[:320],
+                    event_id=original.event_id,
+                    delivery_id=original.delivery_id,
+                    event_type=original.event_type,
+                    payload=original.payload,
+                    scheme="replay",
+                    status=PENDING,
+                    attempts=0,
+                    received_at=now,
+                    next_attempt_at=now,
+                )
+                .returning(events.c.id)
+            ).scalar()
+            self._notify(conn)
+            return pk
+
+    def drop_dead_letter(self, event_pk: int) -> bool:
+        """Delete a dead letter with its ledger and actions; False if it is not one.
+
+        Its dedup key goes with it: AgentMail delivering the event again would be
+        accepted as new.
+        """
+        dead = sa.and_(events.c.id == event_pk, events.c.status == DEAD)
+        with self._tx(durable=True) as conn:
+            if conn.execute(sa.select(events.c.id).where(dead)).first() is None:
+                return False
+            conn.execute(actions.delete().where(actions.c.event_pk == event_pk))
+            conn.execute(ledger.delete().where(ledger.c.event_pk == event_pk))
+            conn.execute(events.delete().where(dead))
+            return True
+
+    def select_events(
+        self, *, status: str | None = None, event_type: str | None = None
+    ) -> list[tuple[int, str]]:
+        """(row number, status) of every matching event, oldest first; no payloads,
+        so that selecting many events stays cheap."""
+        query = sa.select(events.c.id, events.c.status).order_by(events.c.id)
+        if status:
+            query = query.where(events.c.status == status)
+        if event_type:
+            query = query.where(events.c.event_type == event_type)
+        with self._read() as conn:
+            return [(int(r.id), str(r.status)) for r in conn.execute(query).all()]
+
     # -- ledger and actions ----------------------------------------------------
 
     def ledger_for(self, event_pk: int) -> dict[tuple[str, str], LedgerRow]:
-        with self._tx() as conn:
+        with self._read() as conn:
             rows = conn.execute(
                 sa.select(ledger)
                 .where(ledger.c.event_pk == event_pk)
@@ -517,37 +740,16 @@ class Store:
     ) -> None:
         """Record one plugin call and its intended actions in one transaction."""
         now = time.time() if now is None else now
-        with self._tx() as conn:
-            existing = conn.execute(
-                sa.select(ledger.c.id, ledger.c.attempts).where(
-                    ledger.c.event_pk == event_pk,
-                    ledger.c.plugin == plugin,
-                    ledger.c.stage == stage,
-                )
-            ).first()
-            values = {
-                "status": status,
-                "error": error,
-                "data": _dumps(data) if data else None,
-                "duration_ms": duration_ms,
-                "updated_at": now,
-            }
-            if existing is None:
-                conn.execute(
-                    ledger.insert().values(
-                        event_pk=event_pk,
-                        plugin=plugin,
-                        stage=stage,
-                        attempts=1,
-                        **values,
-                    )
-                )
-            else:
-                conn.execute(
-                    ledger.update()
-                    .where(ledger.c.id == existing.id)
-                    .values(attempts=existing.attempts + 1, **values)
-                )
+        call = LedgerWrite(
+            plugin=plugin,
+            stage=stage,
+            status=status,
+            error=error,
+            data=data,
+            duration_ms=duration_ms,
+        )
+        with self._tx(durable=bool(planned)) as conn:
+            _write_ledger(conn, event_pk, [call], now)
             for action in planned:
                 conn.execute(
                     self._insert(actions)
@@ -583,8 +785,28 @@ class Store:
                 .values(status=status, error=error, updated_at=time.time())
             )
 
+    def event_state(
+        self, event_pk: int
+    ) -> tuple[dict[tuple[str, str], LedgerRow], list[ActionRow]]:
+        """An event's ledger and action log, read together."""
+        with self._read() as conn:
+            calls = conn.execute(
+                sa.select(ledger)
+                .where(ledger.c.event_pk == event_pk)
+                .order_by(ledger.c.id)
+            ).all()
+            planned = conn.execute(
+                sa.select(actions)
+                .where(actions.c.event_pk == event_pk)
+                .order_by(actions.c.id)
+            ).all()
+        return (
+            {(r.plugin, r.stage): _ledger_row(r) for r in calls},
+            [_action_row(r) for r in planned],
+        )
+
     def actions_for(self, event_pk: int) -> list[ActionRow]:
-        with self._tx() as conn:
+        with self._read() as conn:
             rows = conn.execute(
                 sa.select(actions)
                 .where(actions.c.event_pk == event_pk)
@@ -632,13 +854,13 @@ class Store:
             query = query.where(actions.c.thread_id == thread_id)
         if recipient is not None:
             query = query.where(actions.c.recipient == recipient)
-        with self._tx() as conn:
+        with self._read() as conn:
             return int(conn.execute(query).scalar() or 0)
 
     # -- plugin state ----------------------------------------------------------
 
     def state_get(self, plugin: str, key: str) -> Any:
-        with self._tx() as conn:
+        with self._read() as conn:
             raw = conn.execute(
                 sa.select(plugin_state.c.value).where(
                     plugin_state.c.plugin == plugin, plugin_state.c.key == key
@@ -654,11 +876,11 @@ class Store:
             index_elements=["plugin", "key"],
             set_={"value": stmt.excluded.value, "updated_at": stmt.excluded.updated_at},
         )
-        with self._tx() as conn:
+        with self._tx(durable=True) as conn:
             conn.execute(stmt)
 
     def state_delete(self, plugin: str, key: str) -> bool:
-        with self._tx() as conn:
+        with self._tx(durable=True) as conn:
             result = conn.execute(
                 plugin_state.delete().where(
                     plugin_state.c.plugin == plugin, plugin_state.c.key == key
@@ -671,7 +893,7 @@ class Store:
             plugin_state.c.plugin == plugin,
             plugin_state.c.key.startswith(prefix, autoescape=True),
         )
-        with self._tx() as conn:
+        with self._read() as conn:
             return int(conn.execute(query).scalar() or 0)
 
     def state_items(self, plugin: str, prefix: str = "") -> list[tuple[str, Any]]:
@@ -680,7 +902,7 @@ class Store:
         )
         if prefix:
             query = query.where(plugin_state.c.key.startswith(prefix, autoescape=True))
-        with self._tx() as conn:
+        with self._read() as conn:
             rows = conn.execute(query.order_by(plugin_state.c.key)).all()
         return [(r.key, json.loads(r.value)) for r in rows]
 
@@ -699,7 +921,7 @@ class Store:
                     events.c.delivery_id == ref,
                 )
             )
-        with self._tx() as conn:
+        with self._read() as conn:
             row = conn.execute(query.order_by(events.c.id.desc()).limit(1)).first()
         return EventRow.from_row(row) if row is not None else None
 
@@ -734,18 +956,18 @@ class Store:
                     )
                 )
             )
-        with self._tx() as conn:
+        with self._read() as conn:
             return [EventRow.from_row(r) for r in conn.execute(query).all()]
 
     def count_by_status(self) -> dict[str, int]:
-        with self._tx() as conn:
+        with self._read() as conn:
             rows = conn.execute(
                 sa.select(events.c.status, sa.func.count()).group_by(events.c.status)
             ).all()
         return {str(status): int(n) for status, n in rows}
 
     def event_types(self) -> list[str]:
-        with self._tx() as conn:
+        with self._read() as conn:
             rows = conn.execute(
                 sa.select(events.c.event_type).distinct().order_by(events.c.event_type)
             ).all()
@@ -773,7 +995,7 @@ class Store:
             .where(events.c.received_at >= since)
             .group_by(bucket)
         )
-        with self._tx() as conn:
+        with self._read() as conn:
             rows = conn.execute(query).all()
         return {int(r.bucket): (int(r.received), int(r.failing or 0)) for r in rows}
 
@@ -788,7 +1010,7 @@ class Store:
             .group_by(ledger.c.plugin)
             .subquery()
         )
-        with self._tx() as conn:
+        with self._read() as conn:
             counts = conn.execute(
                 sa.select(ledger.c.plugin, ledger.c.status, sa.func.count())
                 .where(recent)
@@ -828,7 +1050,7 @@ class Store:
     def oldest_due(self, *, now: float | None = None) -> float | None:
         """When the oldest event still waiting became due (for queue lag)."""
         now = time.time() if now is None else now
-        with self._tx() as conn:
+        with self._read() as conn:
             return conn.execute(
                 sa.select(sa.func.min(events.c.next_attempt_at)).where(
                     events.c.status == PENDING, events.c.next_attempt_at <= now
@@ -836,7 +1058,7 @@ class Store:
             ).scalar()
 
     def next_due(self) -> float | None:
-        with self._tx() as conn:
+        with self._read() as conn:
             return conn.execute(
                 sa.select(sa.func.min(events.c.next_attempt_at)).where(
                     events.c.status == PENDING
@@ -868,6 +1090,46 @@ class Store:
             conn.execute(ledger.delete().where(ledger.c.event_pk.in_(doomed)))
             result = conn.execute(events.delete().where(old))
             return int(result.rowcount)
+
+
+def _write_ledger(
+    conn: Connection, event_pk: int, calls: Sequence[LedgerWrite], now: float
+) -> None:
+    for call in calls:
+        where = (
+            ledger.c.event_pk == event_pk,
+            ledger.c.plugin == call.plugin,
+            ledger.c.stage == call.stage,
+        )
+        if not call.counts_attempt:
+            conn.execute(
+                ledger.update()
+                .where(*where)
+                .values(status=call.status, error=call.error, updated_at=now)
+            )
+            continue
+        values = {
+            "status": call.status,
+            "error": call.error,
+            "data": _dumps(call.data) if call.data else None,
+            "duration_ms": call.duration_ms,
+            "updated_at": now,
+        }
+        updated = conn.execute(
+            ledger.update()
+            .where(*where)
+            .values(attempts=ledger.c.attempts + 1, **values)
+        )
+        if not updated.rowcount:
+            conn.execute(
+                ledger.insert().values(
+                    event_pk=event_pk,
+                    plugin=call.plugin,
+                    stage=call.stage,
+                    attempts=1,
+                    **values,
+                )
+            )
 
 
 def _stored_version(conn: Connection) -> int | None:
@@ -932,13 +1194,18 @@ def _make_engine(url: str) -> Engine:
         cursor = dbapi_conn.cursor()
         with _sqlite_lock:
             cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()
 
     @sa.event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
+        options = conn.get_execution_options()
+        if options.get("amr_read_only"):
+            conn.exec_driver_sql("BEGIN")
+            return
+        level = "FULL" if options.get("amr_durable") else "NORMAL"
+        conn.exec_driver_sql(f"PRAGMA synchronous={level}")
         # Take the write lock up front: two deferred transactions that both upgrade to
         # writers would otherwise fail with "database is locked" instead of waiting.
         conn.exec_driver_sql("BEGIN IMMEDIATE")

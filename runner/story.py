@@ -6,6 +6,7 @@ import datetime as dt
 import json
 from typing import Any
 
+from runner.actions import action_from_dict
 from runner.store import EventRow, Store
 
 __all__ = ["event_story", "format_story", "format_time"]
@@ -58,7 +59,7 @@ def event_story(store: Store, row: EventRow) -> dict[str, Any]:
                 "status": a.status,
                 "idempotency_key": a.idempotency_key,
                 "attempts": a.attempts,
-                "params": a.params,
+                "params": _public(a.params),
                 "result": a.result,
                 "error": a.error,
                 "executed_at": a.executed_at,
@@ -67,6 +68,15 @@ def event_story(store: Store, row: EventRow) -> dict[str, Any]:
         ],
         "payload": payload,
     }
+
+
+def _public(params: dict[str, Any]) -> dict[str, Any]:
+    """What an action's parameters may show: secrets (tokens, webhook URLs) hidden."""
+    try:
+        return action_from_dict(params).public_dict()
+    except (TypeError, ValueError):
+        # Written by another version: show the kind only rather than guess.
+        return {"kind": params.get("kind")}
 
 
 def format_story(story: dict[str, Any]) -> str:

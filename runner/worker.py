@@ -23,6 +23,24 @@ log = logging.getLogger("agentmail_runner.worker")
 PRUNE_EVERY_SECONDS = 600.0
 
 
+def _lower_priority(nice: int) -> None:
+    """Make this thread, and the processes it starts, yield the CPU to the ingress.
+
+    Linux schedules threads one by one, so this lowers only the calling worker thread
+    (and children it spawns, such as a PDF reader): acknowledging webhooks keeps its
+    share of a busy machine. Elsewhere it is not possible and is skipped.
+    """
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return
+    try:
+        current = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        os.setpriority(
+            os.PRIO_PROCESS, threading.get_native_id(), min(19, current + nice)
+        )
+    except OSError as exc:
+        log.debug("could not lower the worker's priority: %s", exc)
+
+
 def new_owner() -> str:
     """A lease owner name that says which process held it."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -69,6 +87,7 @@ class Worker:
         dead_retention_seconds: float,
         prunes: bool = False,
         owner: str | None = None,
+        nice: int = 0,
     ) -> None:
         self.store = store
         self.dispatcher = dispatcher
@@ -79,9 +98,11 @@ class Worker:
         self.retention_seconds = retention_seconds
         self.dead_retention_seconds = dead_retention_seconds
         self.prunes = prunes
+        self.nice = nice
         self.owner = owner or new_owner()
         self.current: int | None = None
-        self._last_prune = 0.0
+        # The monotonic clock starts anywhere (at boot, on Linux): due at once.
+        self._last_prune = time.monotonic() - PRUNE_EVERY_SECONDS
 
     def run_once(self) -> bool:
         """Claim and process one event; False when none was due."""
@@ -96,7 +117,16 @@ class Worker:
         return True
 
     def _process(self, row: st.EventRow) -> None:
-        def keep_lease() -> bool:
+        renewed = time.monotonic()
+
+        def keep_lease(confirm: bool = True) -> bool:
+            # Between plugin calls (confirm=False) renew once a third of the lease has
+            # gone: a slow plugin never loses it and fast events pay nothing. Before
+            # anything leaves the machine (confirm=True), always ask the store.
+            nonlocal renewed
+            if not confirm and time.monotonic() - renewed < self.lease_seconds / 3:
+                return True
+            renewed = time.monotonic()
             return self.store.renew_lease(row.pk, self.owner, self.lease_seconds)
 
         try:
@@ -115,13 +145,17 @@ class Worker:
         if outcome.status == "lost":
             log.warning("event %s: lease lost to another worker", row.event_key)
         elif outcome.status == "done":
-            self.store.complete(row.pk, self.owner)
+            self.store.complete(row.pk, self.owner, ledger=outcome.ledger)
             self.metrics.events_finished.labels("done").inc()
             log.info("event %s %s: done", row.event_key, row.event_type)
         elif outcome.status == "retry":
             when = self.dispatcher.next_attempt_at(row.attempts)
             self.store.reschedule(
-                row.pk, self.owner, next_attempt_at=when, error=outcome.error or ""
+                row.pk,
+                self.owner,
+                next_attempt_at=when,
+                error=outcome.error or "",
+                ledger=outcome.ledger,
             )
             self.metrics.events_finished.labels("retry").inc()
             log.warning(
@@ -132,12 +166,15 @@ class Worker:
                 outcome.error,
             )
         else:
-            self.store.bury(row.pk, self.owner, outcome.error or "unknown")
+            self.store.bury(
+                row.pk, self.owner, outcome.error or "unknown", ledger=outcome.ledger
+            )
             self.metrics.events_finished.labels("dead").inc()
             log.error("event %s: dead letter: %s", row.event_key, outcome.error)
 
     def run(self, stop: threading.Event) -> None:
         """Loop until ``stop`` is set; the event in hand is finished first."""
+        _lower_priority(self.nice)
         seen = self.wakeup.generation
         while not stop.is_set():
             try:

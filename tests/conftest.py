@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import socket
 import threading
@@ -62,9 +63,10 @@ if ENGINE not in ("sqlite", "postgresql"):
 if ENGINE == "postgresql" and not POSTGRES_URL:
     raise RuntimeError(
         "AGENTMAIL_RUNNER_TEST_ENGINE=postgresql needs AGENTMAIL_RUNNER_TEST_POSTGRES "
-        "(start one with: eval \"$(.ci/postgres start /tmp/amr-pg)\")"
+        '(start one with: eval "$(.ci/postgres start /tmp/amr-pg)")'
     )
-_SCHEMA_PREFIX = "amr_test_"
+# Per test session, so that two sessions on one server leave each other's schemas be.
+_SCHEMA_PREFIX = f"amr_test_{os.getpid()}_"
 
 
 def postgres_schema_url(name: str) -> str:
@@ -83,8 +85,6 @@ def database_for(directory: Path) -> str:
     if ENGINE == "postgresql":
         return postgres_schema_url(str(directory))
     return str(directory / "runner.db")
-
-
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -124,6 +124,16 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
     # Nothing in the suite may reach a real API: aim the SDKs at a closed port.
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+
+
+@pytest.fixture(autouse=True)
+def _restore_package_logger() -> Iterator[None]:
+    """The CLI sets the level of the package's logger; no test sees another's."""
+    logger = logging.getLogger("agentmail_runner")
+    level, handlers = logger.level, list(logger.handlers)
+    yield
+    logger.setLevel(level)
+    logger.handlers[:] = handlers
 
 
 @pytest.fixture

@@ -1,0 +1,1 @@
+"""Plugin modules that the loader tests reach through entry points."""

@@ -1,0 +1,637 @@
+"""The ``agentmail-runner`` command: what an operator types and what it answers.
+
+Commands that return are driven in-process through click's CliRunner; commands that
+serve run as real subprocesses on a loopback port, stopped with signals.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from click.testing import CliRunner, Result
+from svix.webhooks import Webhook as SvixWebhook
+
+from runner.cli import cli
+from runner.store import EventRow, Store
+from runner.testing.agentmail_double import AgentMailDouble
+from runner.verify import Verifier
+from tests.conftest import PAYLOADS, SECRET, free_port, load_payload, sign, write_config
+
+AGENTMAIL_RUNNER = str(Path(sys.executable).with_name("agentmail-runner"))
+
+# Every variable the command reads or `.env` may set; unset unless a test says so,
+# and restored after each in-process run.
+RUNNER_VARIABLES = (
+    "AGENTMAIL_WEBHOOK_SECRET",
+    "AGENTMAIL_API_KEY",
+    "AGENTMAIL_BASE_URL",
+    "AGENTMAIL_RUNNER_DATABASE",
+    "AGENTMAIL_RUNNER_CONFIG",
+    "AGENTMAIL_RUNNER_LOG_JSON",
+)
+
+RECEIVED = [
+    p for p in PAYLOADS if load_payload(p.name)["event_type"] == "message.received"
+]
+
+
+# -- helpers: in-process runs ------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Run in an empty directory (no stray plugins.toml or .env), and leave the
+    logger level as it was: the command sets it for the whole process."""
+    monkeypatch.chdir(tmp_path)
+    logger = logging.getLogger("agentmail_runner")
+    level = logger.level
+    yield
+    logger.setLevel(level)
+
+
+def invoke(*args: str, **env: str) -> Result:
+    environment: dict[str, str | None] = dict.fromkeys(RUNNER_VARIABLES)
+    environment.update(env)
+    return CliRunner().invoke(cli, list(args), env=environment, catch_exceptions=False)
+
+
+# -- helpers: subprocesses ---------------------------------------------------------
+
+
+def runner_environment(**extra: str) -> dict[str, str]:
+    """The environment of a runner subprocess: none of the developer's settings."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("AGENTMAIL_", "OPENAI_"))
+    }
+    env["OPENAI_BASE_URL"] = "http://127.0.0.1:9/v1"
+    env.update(extra)
+    return env
+
+
+def api_environment(double: AgentMailDouble) -> dict[str, str]:
+    return runner_environment(
+        AGENTMAIL_WEBHOOK_SECRET=SECRET,
+        AGENTMAIL_API_KEY=double.api_key,
+        AGENTMAIL_BASE_URL=double.url,
+    )
+
+
+@dataclass
+class Serving:
+    """A runner process listening on a loopback port."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    @property
+    def webhook(self) -> str:
+        return f"{self.url}/webhook"
+
+    def output(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        self.process.send_signal(signum)
+        return self.process.wait(timeout)
+
+
+@contextmanager
+def serving(
+    cwd: Path, env: dict[str, str], command: tuple[str, ...] = ("serve",)
+) -> Iterator[Serving]:
+    """Start ``agentmail-runner COMMAND`` and wait until /healthz answers; the process
+    is killed on the way out if the test has not stopped it."""
+    port = free_port()
+    log = cwd / f"{command[0]}-{port}.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [AGENTMAIL_RUNNER, *command, "--listen", f"127.0.0.1:{port}"],
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=sink,
+        )
+    server = Serving(process, f"http://127.0.0.1:{port}", log)
+    try:
+        _wait_until_healthy(server)
+        yield server
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
+def _wait_until_healthy(server: Serving, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    with httpx.Client(timeout=1.0) as http:
+        while time.monotonic() < deadline:
+            if server.process.poll() is not None:
+                raise AssertionError(f"the runner exited early:\n{server.output()}")
+            try:
+                if http.get(f"{server.url}/healthz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+    raise AssertionError(f"the runner did not answer /healthz:\n{server.output()}")
+
+
+def run_command(
+    cwd: Path, env: dict[str, str], *args: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [AGENTMAIL_RUNNER, *args],
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def wait_for_event(
+    database: Path, event_id: str, status: str, timeout: float = 15.0
+) -> EventRow:
+    """Watch the store from outside the runner until the event reaches ``status``."""
+    store = Store(str(database))
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            row = store.get_event(event_id)
+            if row is not None and row.status == status:
+                return row
+            if time.monotonic() > deadline:
+                raise AssertionError(f"event {event_id} is {row and row.status}")
+            time.sleep(0.05)
+    finally:
+        store.close()
+
+
+def seed_received_messages(double: AgentMailDouble) -> None:
+    """What AgentMail holds for the corpus's received mail, so replies join threads."""
+    for path in RECEIVED:
+        message = load_payload(path.name)["message"]
+        double.add_message(message["inbox_id"], message)
+
+
+def expected_reply(payload: dict[str, Any]) -> str:
+    """The text the suite's templates give a corpus message."""
+    message = payload["message"]
+    if message["inbox_id"].startswith("support@"):
+        return f"Support: thanks for your email about '{message['subject']}'."
+    return f"Thanks for your email about '{message['subject']}'."
+
+
+def assert_one_templated_reply_per_received_message(double: AgentMailDouble) -> None:
+    assert len(double.sent) == len(RECEIVED)
+    by_source = {email.source_message_id: email for email in double.sent}
+    for path in RECEIVED:
+        payload = load_payload(path.name)
+        message = payload["message"]
+        email = by_source[message["message_id"]]
+        assert email.kind == "reply"
+        assert email.inbox_id == message["inbox_id"]
+        assert email.thread_id == message["thread_id"]
+        assert email.json["text"] == expected_reply(payload)
+
+
+# -- serve refuses to start without a usable secret --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("secret", "message"),
+    [
+        (
+            SECRET + "\n",
+            "error: AGENTMAIL_WEBHOOK_SECRET has stray whitespace (a trailing "
+            "newline?): copy the secret again without it",
+        ),
+        (
+            "whsec_this is not base64!",
+            "error: AGENTMAIL_WEBHOOK_SECRET starts with whsec_ but the rest is not "
+            "valid base64: copy the endpoint's signing secret again, exactly as the "
+            "dashboard shows it",
+        ),
+        (
+            None,
+            "error: no webhook secret is configured: set AGENTMAIL_WEBHOOK_SECRET to "
+            "the endpoint's whsec_ signing secret, or [runner] webhook_secrets in "
+            "plugins.toml",
+        ),
+    ],
+    ids=["trailing-newline", "not-base64", "missing"],
+)
+def test_serve_without_a_usable_secret_exits_naming_the_setting_and_the_fix(
+    tmp_path: Path, secret: str | None, message: str
+) -> None:
+    write_config(tmp_path)
+    port = free_port()
+    env = {} if secret is None else {"AGENTMAIL_WEBHOOK_SECRET": secret}
+
+    result = invoke("serve", "--listen", f"127.0.0.1:{port}", **env)
+
+    assert result.exit_code == 2
+    assert result.stderr.strip() == message
+    # Refused before the store was opened or the port bound.
+    assert not (tmp_path / "runner.db").exists()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+
+
+# -- serve as a process ------------------------------------------------------------
+
+
+def test_serve_without_an_api_key_says_it_runs_in_dry_run_and_stops_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    write_config(tmp_path)
+    env = runner_environment(AGENTMAIL_WEBHOOK_SECRET=SECRET)
+
+    with serving(tmp_path, env) as server:
+        code = server.stop(signal.SIGTERM)
+
+    assert code == 0
+    output = server.output()
+    assert "DRY-RUN (no AGENTMAIL_API_KEY): actions are recorded, nothing is sent" in (
+        output
+    )
+    assert "with 2 worker(s) in DRY-RUN (no action is executed)" in output
+    assert "received SIGTERM, draining" in output
+
+
+def test_sigterm_lets_the_event_in_hand_finish_and_exits_0_within_the_grace(
+    tmp_path: Path, double: AgentMailDouble
+) -> None:
+    write_config(tmp_path, runner={"drain_seconds": 10, "poll_seconds": 0.1})
+    # The reply takes two seconds, so SIGTERM arrives while a worker is sending it.
+    double.fail("POST", r"/reply$", status=None, delay=2)
+    payload = load_payload("message-received.json")
+    body = json.dumps(payload).encode()
+
+    with serving(tmp_path, api_environment(double)) as server:
+        assert httpx.post(server.webhook, content=body, headers=sign(body)).is_success
+        double.wait_for(lambda: any(r.path.endswith("/reply") for r in double.requests))
+        started = time.monotonic()
+        code = server.stop(signal.SIGTERM, timeout=15)
+        took = time.monotonic() - started
+
+    assert code == 0
+    assert took < 10
+    assert len(double.sent) == 1
+    row = wait_for_event(tmp_path / "runner.db", payload["event_id"], "done", 1)
+    assert row.attempts == 1
+    assert "unfinished events were released" not in server.output()
+
+
+def test_receive_url_of_every_corpus_file_then_again_gives_one_reply_per_message(
+    tmp_path: Path, double: AgentMailDouble
+) -> None:
+    """The whole loop as an operator runs it: serve, receive each file, look back."""
+    write_config(tmp_path, runner={"poll_seconds": 0.1})
+    seed_received_messages(double)
+    env = api_environment(double)
+
+    with serving(tmp_path, env) as server:
+        for path in PAYLOADS:
+            done = run_command(
+                tmp_path, env, "receive", str(path), "--url", server.webhook
+            )
+            assert done.returncode == 0, done.stderr
+            assert done.stdout.startswith("200 "), done.stdout
+            assert json.loads(done.stdout[4:])["status"] == "accepted"
+        for path in PAYLOADS:
+            wait_for_event(
+                tmp_path / "runner.db", load_payload(path.name)["event_id"], "done"
+            )
+        assert_one_templated_reply_per_received_message(double)
+
+        # The same command again, in-process this time to keep the test quick.
+        for path in PAYLOADS:
+            again = invoke(
+                "receive",
+                str(path),
+                "--url",
+                server.webhook,
+                AGENTMAIL_WEBHOOK_SECRET=SECRET,
+            )
+            assert again.exit_code == 0, again.output
+            assert json.loads(again.stdout[4:])["status"] == "duplicate"
+        # Give the workers time to do anything they (wrongly) might.
+        time.sleep(0.5)
+        assert_one_templated_reply_per_received_message(double)
+        assert server.stop(signal.SIGTERM) == 0
+
+    payload = load_payload("message-received.json")
+    [email] = [
+        e
+        for e in double.sent
+        if e.source_message_id == payload["message"]["message_id"]
+    ]
+    shown = run_command(tmp_path, env, "events", "show", payload["event_id"])
+    assert shown.returncode == 0, shown.stderr
+    story = shown.stdout
+    assert f"event {payload['event_id']}" in story
+    assert "status      done  after 1 attempt(s)" in story
+    assert "verified by svix" in story
+    assert "autoresponder.act: succeeded" in story
+    assert f"reply by autoresponder: done  key={email.idempotency_key}" in story
+    assert f"text: {expected_reply(payload)}" in story
+    assert f"sent as {email.message_id}" in story
+
+
+def test_a_delivery_signed_by_the_svix_library_over_plain_http_gets_its_reply(
+    tmp_path: Path, double: AgentMailDouble
+) -> None:
+    write_config(tmp_path, runner={"poll_seconds": 0.1})
+    seed_received_messages(double)
+    svix = SvixWebhook(SECRET)
+
+    def svix_headers(body: bytes) -> dict[str, str]:
+        delivery_id = f"msg_{uuid.uuid4().hex}"
+        now = datetime.now(tz=UTC)
+        return {
+            "svix-id": delivery_id,
+            "svix-timestamp": str(int(now.timestamp())),
+            "svix-signature": svix.sign(delivery_id, now, body.decode("utf-8")),
+            "content-type": "application/json",
+        }
+
+    with serving(tmp_path, api_environment(double)) as server, httpx.Client() as http:
+        for round_, status in ((1, "accepted"), (2, "duplicate")):
+            for path in PAYLOADS:
+                body = path.read_bytes()
+                response = http.post(
+                    server.webhook, content=body, headers=svix_headers(body)
+                )
+                assert response.status_code == 200, (round_, path.name, response.text)
+                assert response.json()["status"] == status
+            for path in PAYLOADS:
+                event_id = load_payload(path.name)["event_id"]
+                wait_for_event(tmp_path / "runner.db", event_id, "done")
+        assert server.stop(signal.SIGTERM) == 0
+
+    assert_one_templated_reply_per_received_message(double)
+
+
+# -- receive in-process -----------------------------------------------------------
+
+
+def test_receive_dry_run_prints_the_intended_reply_and_stores_nothing(
+    tmp_path: Path, double: AgentMailDouble
+) -> None:
+    write_config(tmp_path)
+    corpus = Path(__file__).parent / "corpus" / "message-received.json"
+    payload = load_payload("message-received.json")
+
+    result = invoke(
+        "receive",
+        "--dry-run",
+        str(corpus),
+        AGENTMAIL_WEBHOOK_SECRET=SECRET,
+        AGENTMAIL_API_KEY=double.api_key,
+        AGENTMAIL_BASE_URL=double.url,
+    )
+
+    assert result.exit_code == 0, result.output
+    assert "reply by autoresponder: recorded" in result.stdout
+    assert f"text: {expected_reply(payload)}" in result.stdout
+    assert double.requests == []
+    store = Store(str(tmp_path / "runner.db"))
+    try:
+        assert store.get_event(payload["event_id"]) is None
+    finally:
+        store.close()
+
+
+def test_receive_in_process_stores_the_event_and_sends_the_reply(
+    tmp_path: Path, double: AgentMailDouble
+) -> None:
+    write_config(tmp_path)
+    corpus = Path(__file__).parent / "corpus" / "message-received.json"
+    payload = load_payload("message-received.json")
+    env = {
+        "AGENTMAIL_WEBHOOK_SECRET": SECRET,
+        "AGENTMAIL_API_KEY": double.api_key,
+        "AGENTMAIL_BASE_URL": double.url,
+    }
+
+    # A dry run first must not make the real delivery look like a duplicate.
+    assert invoke("receive", "--dry-run", str(corpus), **env).exit_code == 0
+    result = invoke("receive", str(corpus), **env)
+
+    assert result.exit_code == 0, result.output
+    assert 'ingress answered 200 {"event"' in result.stderr
+    assert '"status": "accepted"' in result.stderr
+    [email] = double.sent
+    assert email.json["text"] == expected_reply(payload)
+    assert f"reply by autoresponder: done  key={email.idempotency_key}" in result.stdout
+    store = Store(str(tmp_path / "runner.db"))
+    try:
+        row = store.get_event(payload["event_id"])
+        assert row is not None and row.status == "done"
+    finally:
+        store.close()
+
+
+# -- plugins, config ---------------------------------------------------------------
+
+
+def test_plugins_json_lists_the_enabled_autoresponder_and_installed_ones_as_not_enabled(
+    tmp_path: Path,
+) -> None:
+    write_config(tmp_path)
+
+    result = invoke("plugins", "--json")
+
+    assert result.exit_code == 0, result.output
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    autoresponder = rows["autoresponder"]
+    assert autoresponder["enabled"] is True
+    assert autoresponder["error"] is None
+    assert autoresponder["distribution"] == "agentmail-runner"
+    assert {"act", "config_schema", "subscriptions"} <= set(autoresponder["hooks"])
+    assert autoresponder["subscriptions"] == ["message.received"]
+    # Installed through the entry-point group, but without a [plugins.NAME] table.
+    for name in ("bounce_tracker", "pdf_extractor", "router"):
+        assert rows[name]["enabled"] is False
+        assert rows[name]["error"] is None
+        assert rows[name]["hooks"] == []
+
+
+def test_plugins_text_tells_how_to_enable_an_installed_plugin(tmp_path: Path) -> None:
+    write_config(tmp_path)
+
+    result = invoke("plugins")
+
+    assert result.exit_code == 0, result.output
+    assert "autoresponder 0.1.0  [enabled]" in result.stdout
+    assert "router  [not enabled]" in result.stdout
+    assert "enable it with a [plugins.router] table in plugins.toml" in result.stdout
+
+
+def test_config_check_accepts_a_good_configuration(tmp_path: Path) -> None:
+    path = write_config(tmp_path)
+
+    result = invoke("config", "check", AGENTMAIL_WEBHOOK_SECRET=SECRET)
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [
+        f"ok: {path.name}; plugins: autoresponder",
+        "note: no AGENTMAIL_API_KEY, so serve runs in dry-run",
+    ]
+
+
+def test_config_check_names_the_plugin_the_misspelled_key_and_the_fix(
+    tmp_path: Path,
+) -> None:
+    write_config(
+        tmp_path,
+        plugins='[plugins.autoresponder]\ntempltes = [{ to = "*", text = "Hi" }]\n',
+    )
+
+    result = invoke("config", "check", AGENTMAIL_WEBHOOK_SECRET=SECRET)
+
+    assert result.exit_code == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith(
+        "error: [plugins.autoresponder] templtes: Extra inputs are not permitted "
+        "(remove it, or check its spelling; the keys are: "
+    )
+    assert "templates" in line.rpartition("the keys are: ")[2].rstrip(")").split(", ")
+
+
+def test_config_check_reports_a_missing_secret(tmp_path: Path) -> None:
+    write_config(tmp_path)
+
+    result = invoke("config", "check")
+
+    assert result.exit_code == 1
+    assert "error: no webhook secret is configured: set AGENTMAIL_WEBHOOK_SECRET" in (
+        result.stderr
+    )
+
+
+def test_config_show_redacts_every_secret(tmp_path: Path) -> None:
+    write_config(tmp_path)
+    api_key = "am_live_key_that_must_not_show"
+
+    result = invoke(
+        "config", "show", AGENTMAIL_WEBHOOK_SECRET=SECRET, AGENTMAIL_API_KEY=api_key
+    )
+
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.stdout)
+    assert shown["runner"]["webhook_secrets"] == ["***"]
+    assert shown["runner"]["api_key"] == "***"
+    assert shown["plugins"]["autoresponder"]["enabled"] is True
+    assert SECRET not in result.output
+    assert SECRET.removeprefix("whsec_") not in result.output
+    assert api_key not in result.output
+
+
+# -- events, init ------------------------------------------------------------------
+
+
+def test_events_list_shows_stored_events_newest_first(tmp_path: Path) -> None:
+    write_config(tmp_path)
+    corpus = Path(__file__).parent / "corpus"
+    invoke(
+        "receive", str(corpus / "message-sent.json"), AGENTMAIL_WEBHOOK_SECRET=SECRET
+    )
+    invoke(
+        "receive",
+        str(corpus / "message-delivered.json"),
+        AGENTMAIL_WEBHOOK_SECRET=SECRET,
+    )
+
+    text = invoke("events", "list")
+    as_json = invoke("events", "list", "--json")
+
+    assert text.exit_code == 0, text.output
+    lines = text.stdout.splitlines()
+    assert len(lines) == 2
+    assert "message.delivered" in lines[0] and "done" in lines[0]
+    assert "message.sent" in lines[1]
+    listed = json.loads(as_json.stdout)
+    assert [e["event_key"] for e in listed] == [
+        load_payload("message-delivered.json")["event_id"],
+        load_payload("message-sent.json")["event_id"],
+    ]
+    assert {e["status"] for e in listed} == {"done"}
+
+
+def test_events_list_on_an_empty_store_says_so(tmp_path: Path) -> None:
+    write_config(tmp_path)
+
+    result = invoke("events", "list")
+
+    assert result.exit_code == 0
+    assert result.stdout == "no events\n"
+
+
+def test_events_show_of_an_unknown_id_fails_clearly(tmp_path: Path) -> None:
+    write_config(tmp_path)
+
+    result = invoke("events", "show", "evt-that-never-came")
+
+    assert result.exit_code == 1
+    assert result.stderr == "error: no event evt-that-never-came\n"
+
+
+def test_init_writes_a_private_env_file_once(tmp_path: Path) -> None:
+    first = invoke("init")
+
+    env_file = tmp_path / ".env"
+    assert first.exit_code == 0, first.output
+    assert first.stdout == "wrote a local webhook signing secret to .env\n"
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+    written = env_file.read_text(encoding="utf-8")
+    [line] = [
+        x for x in written.splitlines() if x.startswith("AGENTMAIL_WEBHOOK_SECRET=")
+    ]
+    Verifier([line.partition("=")[2]])  # a usable whsec_ secret
+
+    second = invoke("init")
+
+    assert second.exit_code == 0
+    assert second.stdout == (
+        "AGENTMAIL_WEBHOOK_SECRET is already set; .env left as it is\n"
+    )
+    assert env_file.read_text(encoding="utf-8") == written
+
+
+def test_a_plugin_command_missing_because_the_config_is_broken_says_why(
+    tmp_path: Path,
+) -> None:
+    config = write_config(
+        tmp_path, '[plugins.router]\n[[plugins.router.rules]]\nname = "x"\n'
+    )
+
+    result = run_command(
+        tmp_path, runner_environment(), "--config", str(config), "route", "explain"
+    )
+
+    assert result.returncode == 2
+    assert "No such command 'route'." in result.stderr
+    assert "the configuration does not load: [plugins.router] rules.0" in result.stderr
