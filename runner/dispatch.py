@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import os
+import queue
 import random
 import threading
 import time
@@ -123,8 +124,12 @@ class Dispatcher:
         owner: str,
         *,
         keep_lease: LeaseKeeper | None = None,
+        state: st.EventState | None = None,
     ) -> Outcome:
-        """One attempt: call what has not succeeded, execute what is not done."""
+        """One attempt: call what has not succeeded, execute what is not done.
+
+        ``state`` is the event's ledger and action log, if the caller read them with
+        its claim; otherwise they are read here."""
         keep_lease = keep_lease or _always
         try:
             event = Event(json.loads(row.payload), delivery_id=row.delivery_id or "")
@@ -132,7 +137,7 @@ class Dispatcher:
             return Outcome("dead", [f"stored payload is not JSON: {exc}"])
 
         outcome = Outcome("done")
-        ledger, planned = self.store.event_state(row.pk)
+        ledger, planned = state if state is not None else self.store.event_state(row.pk)
         calls = {key: call.status for key, call in ledger.items()}
         data: dict[str, Any] = {}
         recorded_actions = False
@@ -150,7 +155,9 @@ class Dispatcher:
                     continue
                 if not keep_lease(False):
                     return Outcome("lost", ["the lease was lost"])
-                status = self._call(row, event, plugin, stage, impl, data, outcome)
+                status = self._call(
+                    row, event, plugin, stage, impl, data, outcome, exists=bool(done)
+                )
                 calls[(plugin.name, stage)] = status
                 recorded_actions |= status == ACTED
 
@@ -189,8 +196,11 @@ class Dispatcher:
         impl: Any,
         data: dict[str, Any],
         outcome: Outcome,
+        *,
+        exists: bool = True,
     ) -> str:
-        """Call one hook implementation; its ledger status."""
+        """Call one hook implementation; its ledger status. ``exists``: whether the
+        ledger has a row for it from an earlier attempt."""
         context = self._context(event, plugin, data, row.attempts)
         budget = self.timeouts.get(plugin.name, self.settings.plugin_timeout_seconds)
         if self.trace:
@@ -230,6 +240,7 @@ class Dispatcher:
             error=error,
             data=contributions,
             duration_ms=duration * 1000,
+            exists=exists,
         )
         if planned:
             # Intended actions are durable before any of them is executed.
@@ -474,25 +485,70 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}{where}"
 
 
-def _call_with_budget(fn: Callable[[], Any], budget: float, *, name: str) -> Any:
-    """Run ``fn`` on its own thread; give up waiting after ``budget`` seconds.
+class _Call:
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
 
-    A Python thread cannot be killed, so a plugin that hangs keeps its thread until it
-    returns; its result is then discarded, and its context is closed to further writes.
+
+class _CallThread:
+    """A thread that runs plugin calls for one worker, one at a time.
+
+    A Python thread cannot be killed: a call that overruns its budget keeps this
+    thread, which is then abandoned (its result discarded, its context closed to
+    writes) and the worker's next call gets a new one.
     """
-    box: dict[str, Any] = {}
 
-    def target() -> None:
-        try:
-            box["result"] = fn()
-        except BaseException as exc:  # handed to the caller's thread below
-            box["error"] = exc
+    def __init__(self) -> None:
+        self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self.thread = threading.Thread(
+            target=self._run, name="plugin-calls", daemon=True
+        )
+        self.thread.start()
 
-    thread = threading.Thread(target=target, name=f"plugin:{name}", daemon=True)
-    thread.start()
-    thread.join(budget)
-    if thread.is_alive():
+    def _run(self) -> None:
+        while (call := self._calls.get()) is not None:
+            try:
+                call.result = call.fn()
+            except BaseException as exc:  # handed to the worker's thread
+                call.error = exc
+            finally:
+                call.done.set()
+
+    def close(self) -> None:
+        self._calls.put(None)
+
+    def run(self, fn: Callable[[], Any], budget: float) -> tuple[bool, Any]:
+        """(finished, result); raises what ``fn`` raised."""
+        call = _Call(fn)
+        self._calls.put(call)
+        if not call.done.wait(budget):
+            return False, None
+        if call.error is not None:
+            raise call.error
+        return True, call.result
+
+
+_call_threads = threading.local()
+
+
+def release_call_thread() -> None:
+    """End the calling thread's plugin-call thread (a worker that stops)."""
+    runner: _CallThread | None = getattr(_call_threads, "runner", None)
+    if runner is not None:
+        runner.close()
+        _call_threads.runner = None
+
+
+def _call_with_budget(fn: Callable[[], Any], budget: float, *, name: str) -> Any:
+    """Run ``fn`` apart from the worker; give up waiting after ``budget`` seconds."""
+    runner: _CallThread | None = getattr(_call_threads, "runner", None)
+    if runner is None:
+        runner = _call_threads.runner = _CallThread()
+    finished, result = runner.run(fn, budget)
+    if not finished:
+        _call_threads.runner = None
         raise PluginTimeout(name)
-    if "error" in box:
-        raise box["error"]
-    return box.get("result")
+    return result

@@ -125,13 +125,19 @@ def accept_delivery(
     payload, reason = _parse(body)
     event_id = str(payload.get("event_id") or "") if payload else ""
     event_type = str(payload.get("event_type") or "") if payload else ""
+    unfit = _unfit("event_id", event_id, 300) or _unfit("event_type", event_type, 200)
+    if unfit is not None:
+        reason, event_id, event_type = reason or unfit, "", ""
+    if _unfit("svix-id", delivery_id, 300) is not None:
+        delivery_id = ""
     if event_id:
         key = event_id
     elif delivery_id:
         key = f"delivery:{delivery_id}"
     else:
         key = "sha256:" + hashlib.sha256(body).hexdigest()
-    text = body.decode("utf-8", errors="replace")
+    # PostgreSQL's text cannot hold NUL; a body with a raw NUL is not JSON anyway.
+    text = body.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
     pk = rt.committer.submit(
         NewEvent(
             event_key=key,
@@ -154,6 +160,16 @@ def accept_delivery(
     rt.wakeup.notify()
     log.info("event %s %s: accepted (%s)", key, event_type, scheme)
     return "accepted", key
+
+
+def _unfit(name: str, value: str, limit: int) -> str | None:
+    """Why a value read from a delivery cannot be stored as a key column, if it
+    cannot: the store's columns are ``limit`` characters, and PostgreSQL refuses NUL."""
+    if len(value) > limit:
+        return f"the {name} is longer than {limit} characters"
+    if "\x00" in value:
+        return f"the {name} contains a NUL character"
+    return None
 
 
 def _parse(body: bytes) -> tuple[dict[str, Any] | None, str | None]:

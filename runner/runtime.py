@@ -134,8 +134,13 @@ class Runtime:
             self._listener = start_listener(self.store, self.wakeup, self.stop_event)
         for index in range(count):
             worker = self.new_worker(prunes=index == 0)
+            # A daemon: past the drain grace its event has been released, and the
+            # process must exit then, not when a hung API call finally returns.
             thread = threading.Thread(
-                target=worker.run, args=(self.stop_event,), name=f"worker-{index}"
+                target=worker.run,
+                args=(self.stop_event,),
+                name=f"worker-{index}",
+                daemon=True,
             )
             thread.start()
             self.workers.append(worker)

@@ -224,6 +224,10 @@ class PluginActivity:
     last_error: str | None
 
 
+# An event's ledger (by plugin and stage) and its action log.
+EventState = tuple[dict[tuple[str, str], "LedgerRow"], list["ActionRow"]]
+
+
 @dataclass(frozen=True)
 class LedgerWrite:
     """One plugin call's outcome, to be written to the ledger.
@@ -239,6 +243,8 @@ class LedgerWrite:
     data: dict[str, Any] = field(default_factory=dict)
     duration_ms: float | None = None
     counts_attempt: bool = True
+    # Whether the ledger has a row for this call already (saves a statement).
+    exists: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -455,38 +461,22 @@ class Store:
         self, owner: str, lease_seconds: float, *, now: float | None = None
     ) -> EventRow | None:
         """Take the next due event (or one whose lease expired) under a new lease."""
+        claimed = self.claim_with_state(owner, lease_seconds, now=now)
+        return claimed[0] if claimed is not None else None
+
+    def claim_with_state(
+        self, owner: str, lease_seconds: float, *, now: float | None = None
+    ) -> tuple[EventRow, EventState] | None:
+        """``claim``, and the event's ledger and action log read in the same
+        transaction (what a worker needs next, without a second round trip)."""
         now = time.time() if now is None else now
-        due = (
-            sa.select(events.c.id)
-            .where(
-                sa.or_(
-                    sa.and_(
-                        events.c.status == PENDING, events.c.next_attempt_at <= now
-                    ),
-                    sa.and_(
-                        events.c.status == RUNNING, events.c.lease_expires_at < now
-                    ),
-                )
-            )
-            .order_by(events.c.next_attempt_at, events.c.id)
-            .limit(1)
-            .with_for_update(skip_locked=True)
-            .scalar_subquery()
-        )
-        stmt = (
-            events.update()
-            .where(events.c.id == due)
-            .values(
-                status=RUNNING,
-                lease_owner=owner,
-                lease_expires_at=now + lease_seconds,
-                attempts=events.c.attempts + 1,
-            )
-            .returning(*events.c)
-        )
+        params = {"b_now": now, "b_owner": owner, "b_expires": now + lease_seconds}
         with self._tx() as conn:
-            row = conn.execute(stmt).first()
-        return EventRow.from_row(row) if row is not None else None
+            row = conn.execute(_CLAIM, params).first()
+            if row is None:
+                return None
+            state = _event_state(conn, row._mapping["id"])
+        return EventRow.from_row(row), state
 
     def renew_lease(
         self,
@@ -584,9 +574,13 @@ class Store:
     ) -> bool:
         values.update(lease_owner=None, lease_expires_at=None)
         with self._tx() as conn:
-            result = conn.execute(
-                events.update().where(self._held(event_pk, owner)).values(**values)
-            )
+            if any(isinstance(v, sa.ColumnElement) for v in values.values()):
+                stmt = events.update().where(self._held(event_pk, owner)).values(values)
+                result = conn.execute(stmt)
+            else:
+                params = {f"b_{k}": v for k, v in values.items()}
+                params.update(b_pk=event_pk, b_holder=owner)
+                result = conn.execute(_finish_statement(tuple(sorted(values))), params)
             if result.rowcount and calls:
                 _write_ledger(conn, event_pk, calls, time.time())
             return bool(result.rowcount)
@@ -785,25 +779,10 @@ class Store:
                 .values(status=status, error=error, updated_at=time.time())
             )
 
-    def event_state(
-        self, event_pk: int
-    ) -> tuple[dict[tuple[str, str], LedgerRow], list[ActionRow]]:
+    def event_state(self, event_pk: int) -> EventState:
         """An event's ledger and action log, read together."""
         with self._read() as conn:
-            calls = conn.execute(
-                sa.select(ledger)
-                .where(ledger.c.event_pk == event_pk)
-                .order_by(ledger.c.id)
-            ).all()
-            planned = conn.execute(
-                sa.select(actions)
-                .where(actions.c.event_pk == event_pk)
-                .order_by(actions.c.id)
-            ).all()
-        return (
-            {(r.plugin, r.stage): _ledger_row(r) for r in calls},
-            [_action_row(r) for r in planned],
-        )
+            return _event_state(conn, event_pk)
 
     def actions_for(self, event_pk: int) -> list[ActionRow]:
         with self._read() as conn:
@@ -1092,44 +1071,129 @@ class Store:
             return int(result.rowcount)
 
 
+# The statements of the hot path, built once: constructing SQLAlchemy expressions costs
+# more than executing them on SQLite.
+def _event_state(conn: Connection, event_pk: int) -> EventState:
+    calls = conn.execute(_LEDGER_OF, {"b_pk": event_pk}).all()
+    planned = conn.execute(_ACTIONS_OF, {"b_pk": event_pk}).all()
+    return (
+        {(r.plugin, r.stage): _ledger_row(r) for r in calls},
+        [_action_row(r) for r in planned],
+    )
+
+
+def _claim_statement() -> Any:
+    now: Any = sa.bindparam("b_now")
+    due = (
+        sa.select(events.c.id)
+        .where(
+            sa.or_(
+                sa.and_(events.c.status == PENDING, events.c.next_attempt_at <= now),
+                sa.and_(events.c.status == RUNNING, events.c.lease_expires_at < now),
+            )
+        )
+        .order_by(events.c.next_attempt_at, events.c.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    return (
+        events.update()
+        .where(events.c.id == due)
+        .values(
+            status=RUNNING,
+            lease_owner=sa.bindparam("b_owner"),
+            lease_expires_at=sa.bindparam("b_expires"),
+            attempts=events.c.attempts + 1,
+        )
+        .returning(*events.c)
+    )
+
+
+_CLAIM = _claim_statement()
+_LEDGER_OF = (
+    sa.select(ledger)
+    .where(ledger.c.event_pk == sa.bindparam("b_pk"))
+    .order_by(ledger.c.id)
+)
+_ACTIONS_OF = (
+    sa.select(actions)
+    .where(actions.c.event_pk == sa.bindparam("b_pk"))
+    .order_by(actions.c.id)
+)
+_LEDGER_CALL = (
+    ledger.c.event_pk == sa.bindparam("b_pk"),
+    ledger.c.plugin == sa.bindparam("b_plugin"),
+    ledger.c.stage == sa.bindparam("b_stage"),
+)
+_LEDGER_MOVE = (
+    ledger.update()
+    .where(*_LEDGER_CALL)
+    .values(
+        status=sa.bindparam("b_status"),
+        error=sa.bindparam("b_error"),
+        updated_at=sa.bindparam("b_now"),
+    )
+)
+_LEDGER_VALUES: dict[str, Any] = {
+    "status": sa.bindparam("b_status"),
+    "error": sa.bindparam("b_error"),
+    "data": sa.bindparam("b_data"),
+    "duration_ms": sa.bindparam("b_duration"),
+    "updated_at": sa.bindparam("b_now"),
+}
+_LEDGER_BUMP = (
+    ledger.update()
+    .where(*_LEDGER_CALL)
+    .values(attempts=ledger.c.attempts + 1, **_LEDGER_VALUES)
+)
+_LEDGER_INSERT = ledger.insert().values(
+    event_pk=sa.bindparam("b_pk"),
+    plugin=sa.bindparam("b_plugin"),
+    stage=sa.bindparam("b_stage"),
+    attempts=1,
+    **_LEDGER_VALUES,
+)
+_FINISH_STATEMENTS: dict[tuple[str, ...], Any] = {}
+
+
+def _finish_statement(keys: tuple[str, ...]) -> Any:
+    """The UPDATE that ends a held lease, setting ``keys`` (built once per set)."""
+    stmt = _FINISH_STATEMENTS.get(keys)
+    if stmt is None:
+        stmt = (
+            events.update()
+            .where(
+                events.c.id == sa.bindparam("b_pk"),
+                events.c.status == RUNNING,
+                events.c.lease_owner == sa.bindparam("b_holder"),
+            )
+            .values({k: sa.bindparam(f"b_{k}") for k in keys})
+        )
+        _FINISH_STATEMENTS[keys] = stmt
+    return stmt
+
+
 def _write_ledger(
     conn: Connection, event_pk: int, calls: Sequence[LedgerWrite], now: float
 ) -> None:
     for call in calls:
-        where = (
-            ledger.c.event_pk == event_pk,
-            ledger.c.plugin == call.plugin,
-            ledger.c.stage == call.stage,
-        )
-        if not call.counts_attempt:
-            conn.execute(
-                ledger.update()
-                .where(*where)
-                .values(status=call.status, error=call.error, updated_at=now)
-            )
-            continue
-        values = {
-            "status": call.status,
-            "error": call.error,
-            "data": _dumps(call.data) if call.data else None,
-            "duration_ms": call.duration_ms,
-            "updated_at": now,
+        params: dict[str, Any] = {
+            "b_pk": event_pk,
+            "b_plugin": call.plugin,
+            "b_stage": call.stage,
+            "b_status": call.status,
+            "b_error": call.error,
+            "b_now": now,
         }
-        updated = conn.execute(
-            ledger.update()
-            .where(*where)
-            .values(attempts=ledger.c.attempts + 1, **values)
-        )
-        if not updated.rowcount:
-            conn.execute(
-                ledger.insert().values(
-                    event_pk=event_pk,
-                    plugin=call.plugin,
-                    stage=call.stage,
-                    attempts=1,
-                    **values,
-                )
-            )
+        if not call.counts_attempt:
+            conn.execute(_LEDGER_MOVE, params)
+            continue
+        params["b_data"] = _dumps(call.data) if call.data else None
+        params["b_duration"] = call.duration_ms
+        bumped = call.exists is not False and conn.execute(_LEDGER_BUMP, params)
+        if not (bumped and bumped.rowcount):
+            conn.execute(_LEDGER_INSERT, params)
 
 
 def _stored_version(conn: Connection) -> int | None:
@@ -1205,7 +1269,10 @@ def _make_engine(url: str) -> Engine:
             conn.exec_driver_sql("BEGIN")
             return
         level = "FULL" if options.get("amr_durable") else "NORMAL"
-        conn.exec_driver_sql(f"PRAGMA synchronous={level}")
+        info = conn.connection.info
+        if info.get("synchronous") != level:
+            conn.exec_driver_sql(f"PRAGMA synchronous={level}")
+            info["synchronous"] = level
         # Take the write lock up front: two deferred transactions that both upgrade to
         # writers would otherwise fail with "database is locked" instead of waiting.
         conn.exec_driver_sql("BEGIN IMMEDIATE")

@@ -11,6 +11,7 @@ import uuid
 from typing import TYPE_CHECKING
 
 from runner import store as st
+from runner.dispatch import release_call_thread
 
 if TYPE_CHECKING:
     from runner.dispatch import Dispatcher
@@ -106,17 +107,18 @@ class Worker:
 
     def run_once(self) -> bool:
         """Claim and process one event; False when none was due."""
-        row = self.store.claim(self.owner, self.lease_seconds)
-        if row is None:
+        claimed = self.store.claim_with_state(self.owner, self.lease_seconds)
+        if claimed is None:
             return False
+        row, state = claimed
         self.current = row.pk
         try:
-            self._process(row)
+            self._process(row, state)
         finally:
             self.current = None
         return True
 
-    def _process(self, row: st.EventRow) -> None:
+    def _process(self, row: st.EventRow, state: st.EventState) -> None:
         renewed = time.monotonic()
 
         def keep_lease(confirm: bool = True) -> bool:
@@ -130,7 +132,9 @@ class Worker:
             return self.store.renew_lease(row.pk, self.owner, self.lease_seconds)
 
         try:
-            outcome = self.dispatcher.process(row, self.owner, keep_lease=keep_lease)
+            outcome = self.dispatcher.process(
+                row, self.owner, keep_lease=keep_lease, state=state
+            )
         except st.StoreUnavailable:
             raise
         except Exception as exc:  # a bug in the runner must not stop the worker
@@ -176,16 +180,21 @@ class Worker:
         """Loop until ``stop`` is set; the event in hand is finished first."""
         _lower_priority(self.nice)
         seen = self.wakeup.generation
-        while not stop.is_set():
-            try:
-                self._maybe_prune()
-                if self.run_once():
-                    continue
-            except st.StoreUnavailable as exc:
-                log.error(
-                    "store unavailable, retrying in %.0f s: %s", self.poll_seconds, exc
-                )
-            seen = self.wakeup.wait(self._idle_timeout(), seen)
+        try:
+            while not stop.is_set():
+                try:
+                    self._maybe_prune()
+                    if self.run_once():
+                        continue
+                except st.StoreUnavailable as exc:
+                    log.error(
+                        "store unavailable, retrying in %.0f s: %s",
+                        self.poll_seconds,
+                        exc,
+                    )
+                seen = self.wakeup.wait(self._idle_timeout(), seen)
+        finally:
+            release_call_thread()
 
     def _idle_timeout(self) -> float:
         try:

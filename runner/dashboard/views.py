@@ -37,7 +37,7 @@ from runner.dashboard.suppressions import (
     suppressions_enabled,
 )
 from runner.events import Event
-from runner.store import DEAD, DONE, PENDING, RUNNING, EventRow
+from runner.store import DEAD, DONE, PENDING, RUNNING, EventRow, StoreUnavailable
 from runner.story import event_story, format_time
 
 if TYPE_CHECKING:
@@ -155,6 +155,11 @@ def _refuse(code: int, message: str) -> Response:
 
 def _login_page(code: int, error: str) -> Response:
     return make_response(render_template("dashboard/login.html", error=error), code)
+
+
+@blueprint.errorhandler(StoreUnavailable)
+def _store_down(exc: StoreUnavailable) -> Response:
+    return _refuse(503, f"The event store is unavailable, try again later: {exc}")
 
 
 @blueprint.after_request
