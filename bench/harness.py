@@ -192,21 +192,21 @@ def runner_env(**extra: str) -> dict[str, str]:
 def process(
     args: list[str], *, env: dict[str, str], cwd: Path
 ) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(
-        args, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
+    # A file, not a pipe: a pipe nobody reads fills up and blocks the server's logging.
+    with (cwd / f"{Path(args[1]).stem}-{len(os.listdir(cwd))}.log").open("wb") as log:
+        proc = subprocess.Popen(
+            args, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=log
+        )
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
 
 
 def rss_mib(pid: int) -> float:
