@@ -295,6 +295,13 @@ class Store:
         self.url = database_url(url)
         self.engine = _make_engine(self.url)
         self.dialect = self.engine.dialect.name
+        # Built once and executed with many parameter sets: SQLAlchemy then sends one
+        # multi-row INSERT from its compiled cache instead of compiling each batch.
+        self._insert_events = (
+            self._insert(events)
+            .on_conflict_do_nothing(index_elements=["event_key"])
+            .returning(events.c.id, events.c.event_key)
+        )
         self._write_lock: contextlib.AbstractContextManager[Any] = (
             threading.Lock() if self.dialect == "sqlite" else contextlib.nullcontext()
         )
@@ -426,14 +433,9 @@ class Store:
             }
             for e in batch
         ]
-        stmt = (
-            self._insert(events)
-            .values(rows)
-            .on_conflict_do_nothing(index_elements=["event_key"])
-            .returning(events.c.id, events.c.event_key)
-        )
         with self._tx(durable=True) as conn:
-            stored = {key: pk for pk, key in conn.execute(stmt).all()}
+            found = conn.execute(self._insert_events, rows).all()
+            stored = {key: pk for pk, key in found}
             if any(e.dead_reason is None and e.event_key in stored for e in batch):
                 self._notify(conn)
         result: list[int | None] = []
