@@ -14,281 +14,89 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
+
+from runner.store.engine import _make_engine, database_url
+from runner.store.queries import StoreQueries
+from runner.store.rows import (
+    ActionRow,
+    EventRow,
+    EventState,
+    LedgerRow,
+    LedgerWrite,
+    NewEvent,
+    PlannedAction,
+    PluginActivity,
+    StoreUnavailable,
+    _action_row,
+    _dumps,
+    _ledger_row,
+)
+from runner.store.schema import (
+    _SCHEMA_LOCK,
+    DEAD,
+    DONE,
+    EXECUTED,
+    FAILED,
+    MIGRATIONS,
+    NOTIFY_CHANNEL,
+    PENDING,
+    PLANNED,
+    RECORDED,
+    RUNNING,
+    VETOED,
+    actions,
+    events,
+    ledger,
+    metadata,
+    plugin_state,
+    schema_meta,
+    schema_version,
+)
+from runner.store.sql import (
+    _CLAIM,
+    _event_state,
+    _finish_statement,
+    _stored_version,
+    _write_ledger,
+)
 
 __all__ = [
+    "DEAD",
+    "DONE",
+    "EXECUTED",
+    "FAILED",
+    "MIGRATIONS",
+    "NOTIFY_CHANNEL",
+    "PENDING",
+    "PLANNED",
+    "RECORDED",
+    "RUNNING",
+    "VETOED",
     "ActionRow",
     "EventRow",
+    "EventState",
     "LedgerRow",
+    "LedgerWrite",
+    "NewEvent",
+    "PlannedAction",
     "PluginActivity",
     "Store",
     "StoreUnavailable",
     "database_url",
+    "metadata",
+    "schema_version",
 ]
 
 log = logging.getLogger("agentmail_runner.store")
 
-# Each release that changes the schema adds a step: MIGRATIONS[n] upgrades a database at
-# version n - 1 to version n in place, so that no stored event is lost by an upgrade.
-# Version 1 is the first schema and has no step.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
 
-# The channel on which PostgreSQL tells workers in other processes of a new event.
-NOTIFY_CHANNEL = "agentmail_runner_events"
-
-# An arbitrary constant: the advisory lock that serialises schema changes on PostgreSQL.
-_SCHEMA_LOCK = 0x616D72
-
-
-def schema_version() -> int:
-    """The schema version this release writes."""
-    return max([1, *MIGRATIONS])
-
-
-metadata = sa.MetaData()
-
-# BIGINT keys on PostgreSQL; SQLite needs INTEGER for its rowid alias.
-_Key = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-
-events = sa.Table(
-    "events",
-    metadata,
-    sa.Column("id", _Key, primary_key=True, autoincrement=True),
-    sa.Column("event_key", sa.String(320), nullable=False, unique=True),
-    sa.Column("event_id", sa.String(300)),
-    sa.Column("delivery_id", sa.String(300)),
-    sa.Column("event_type", sa.String(200), nullable=False, default=""),
-    sa.Column("payload", sa.Text, nullable=False),
-    sa.Column("scheme", sa.String(20), nullable=False, default=""),
-    sa.Column("status", sa.String(20), nullable=False),
-    sa.Column("attempts", sa.Integer, nullable=False, default=0),
-    sa.Column("received_at", sa.Float, nullable=False),
-    sa.Column("next_attempt_at", sa.Float, nullable=False),
-    sa.Column("lease_owner", sa.String(120)),
-    sa.Column("lease_expires_at", sa.Float),
-    sa.Column("last_error", sa.Text),
-    sa.Column("finished_at", sa.Float),
-    sa.Index("ix_events_claim", "status", "next_attempt_at"),
-    sa.Index("ix_events_received", "received_at"),
-)
-
-ledger = sa.Table(
-    "ledger",
-    metadata,
-    sa.Column("id", _Key, primary_key=True, autoincrement=True),
-    sa.Column(
-        "event_pk", _Key, sa.ForeignKey("events.id", ondelete="CASCADE"), nullable=False
-    ),
-    sa.Column("plugin", sa.String(200), nullable=False),
-    sa.Column("stage", sa.String(20), nullable=False),
-    sa.Column("status", sa.String(20), nullable=False),
-    sa.Column("attempts", sa.Integer, nullable=False, default=0),
-    sa.Column("error", sa.Text),
-    sa.Column("data", sa.Text),
-    sa.Column("duration_ms", sa.Float),
-    sa.Column("updated_at", sa.Float, nullable=False),
-    sa.UniqueConstraint("event_pk", "plugin", "stage", name="uq_ledger_call"),
-)
-
-actions = sa.Table(
-    "actions",
-    metadata,
-    sa.Column("id", _Key, primary_key=True, autoincrement=True),
-    sa.Column(
-        "event_pk", _Key, sa.ForeignKey("events.id", ondelete="CASCADE"), nullable=False
-    ),
-    sa.Column("plugin", sa.String(200), nullable=False),
-    sa.Column("stage", sa.String(20), nullable=False),
-    sa.Column("position", sa.Integer, nullable=False),
-    sa.Column("kind", sa.String(40), nullable=False),
-    sa.Column("params", sa.Text, nullable=False),
-    sa.Column("idempotency_key", sa.String(256), nullable=False, unique=True),
-    sa.Column("status", sa.String(20), nullable=False),
-    sa.Column("attempts", sa.Integer, nullable=False, default=0),
-    sa.Column("result", sa.Text),
-    sa.Column("error", sa.Text),
-    sa.Column("inbox_id", sa.String(320)),
-    sa.Column("thread_id", sa.String(320)),
-    sa.Column("recipient", sa.String(320)),
-    sa.Column("created_at", sa.Float, nullable=False),
-    sa.Column("executed_at", sa.Float),
-    sa.Index("ix_actions_event", "event_pk"),
-    sa.Index("ix_actions_thread", "thread_id", "kind", "status"),
-    sa.Index("ix_actions_recipient", "recipient", "kind", "status"),
-)
-
-plugin_state = sa.Table(
-    "plugin_state",
-    metadata,
-    sa.Column("plugin", sa.String(200), primary_key=True),
-    sa.Column("key", sa.String(500), primary_key=True),
-    sa.Column("value", sa.Text, nullable=False),
-    sa.Column("updated_at", sa.Float, nullable=False),
-)
-
-schema_meta = sa.Table(
-    "schema_meta",
-    metadata,
-    sa.Column("key", sa.String(100), primary_key=True),
-    sa.Column("value", sa.String(200), nullable=False),
-)
-
-# Event statuses. "pending" waits for next_attempt_at; "running" holds a lease.
-PENDING, RUNNING, DONE, DEAD = "pending", "running", "done", "dead"
-# Action statuses.
-PLANNED, EXECUTED, FAILED, VETOED, RECORDED = (
-    "planned",
-    "done",
-    "failed",
-    "vetoed",
-    "recorded",
-)
-
-
-class StoreUnavailable(Exception):
-    """The database cannot be reached or written; the caller should answer 503."""
-
-
-@dataclass(frozen=True)
-class EventRow:
-    pk: int
-    event_key: str
-    event_id: str | None
-    delivery_id: str | None
-    event_type: str
-    payload: str
-    scheme: str
-    status: str
-    attempts: int
-    received_at: float
-    next_attempt_at: float
-    lease_owner: str | None
-    lease_expires_at: float | None
-    last_error: str | None
-    finished_at: float | None
-
-    @classmethod
-    def from_row(cls, row: Any) -> EventRow:
-        m = row._mapping
-        return cls(pk=m["id"], **{k: m[k] for k in _EVENT_FIELDS})
-
-
-_EVENT_FIELDS = [c.name for c in events.columns if c.name != "id"]
-
-
-@dataclass(frozen=True)
-class LedgerRow:
-    plugin: str
-    stage: str
-    status: str
-    attempts: int
-    error: str | None
-    data: dict[str, Any]
-    duration_ms: float | None
-    updated_at: float
-
-
-@dataclass(frozen=True)
-class ActionRow:
-    pk: int
-    event_pk: int
-    plugin: str
-    stage: str
-    position: int
-    kind: str
-    params: dict[str, Any]
-    idempotency_key: str
-    status: str
-    attempts: int
-    result: dict[str, Any] | None
-    error: str | None
-    created_at: float
-    executed_at: float | None
-
-
-@dataclass(frozen=True)
-class PluginActivity:
-    """One plugin's calls in the ledger over a period, for the dashboard."""
-
-    plugin: str
-    calls: dict[str, int]
-    last_success_at: float | None
-    last_error_at: float | None
-    last_error: str | None
-
-
-# An event's ledger (by plugin and stage) and its action log.
-EventState = tuple[dict[tuple[str, str], "LedgerRow"], list["ActionRow"]]
-
-
-@dataclass(frozen=True)
-class LedgerWrite:
-    """One plugin call's outcome, to be written to the ledger.
-
-    With ``counts_attempt`` False it only moves an earlier call on (acted to
-    succeeded) and keeps what that call recorded.
-    """
-
-    plugin: str
-    stage: str
-    status: str
-    error: str | None = None
-    data: dict[str, Any] = field(default_factory=dict)
-    duration_ms: float | None = None
-    counts_attempt: bool = True
-    # Whether the ledger has a row for this call already (saves a statement).
-    exists: bool | None = None
-
-
-@dataclass(frozen=True)
-class NewEvent:
-    """A delivery to store: the payload as received and what the ingress read of it."""
-
-    event_key: str
-    event_id: str | None
-    delivery_id: str | None
-    event_type: str
-    payload: str
-    scheme: str
-    dead_reason: str | None = None
-
-
-@dataclass(frozen=True)
-class PlannedAction:
-    """An action a plugin returned, ready to be written to the action log."""
-
-    position: int
-    kind: str
-    params: dict[str, Any]
-    idempotency_key: str
-    inbox_id: str = ""
-    thread_id: str = ""
-    recipient: str = ""
-
-
-def database_url(value: str) -> str:
-    """A SQLAlchemy URL from a database setting: a URL, or a path to a SQLite file."""
-    if "://" in value:
-        if value.startswith("postgres://"):
-            value = "postgresql://" + value.removeprefix("postgres://")
-        if value.startswith("postgresql://"):
-            value = "postgresql+psycopg://" + value.removeprefix("postgresql://")
-        return value
-    return f"sqlite:///{Path(value).expanduser()}"
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
-
-
-class Store:
+class Store(StoreQueries):
     """All reads and writes of the runner's state."""
 
     def __init__(self, url: str, *, create: bool = True) -> None:
@@ -697,19 +505,6 @@ class Store:
             conn.execute(events.delete().where(dead))
             return True
 
-    def select_events(
-        self, *, status: str | None = None, event_type: str | None = None
-    ) -> list[tuple[int, str]]:
-        """(row number, status) of every matching event, oldest first; no payloads,
-        so that selecting many events stays cheap."""
-        query = sa.select(events.c.id, events.c.status).order_by(events.c.id)
-        if status:
-            query = query.where(events.c.status == status)
-        if event_type:
-            query = query.where(events.c.event_type == event_type)
-        with self._read() as conn:
-            return [(int(r.id), str(r.status)) for r in conn.execute(query).all()]
-
     # -- ledger and actions ----------------------------------------------------
 
     def ledger_for(self, event_pk: int) -> dict[tuple[str, str], LedgerRow]:
@@ -889,163 +684,6 @@ class Store:
 
     # -- reading and housekeeping ----------------------------------------------
 
-    def get_event(self, ref: str | int) -> EventRow | None:
-        """An event by its row number, event id, delivery id or stored key."""
-        query = sa.select(events)
-        if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
-            query = query.where(events.c.id == int(ref))
-        else:
-            query = query.where(
-                sa.or_(
-                    events.c.event_key == ref,
-                    events.c.event_id == ref,
-                    events.c.delivery_id == ref,
-                )
-            )
-        with self._read() as conn:
-            row = conn.execute(query.order_by(events.c.id.desc()).limit(1)).first()
-        return EventRow.from_row(row) if row is not None else None
-
-    def list_events(
-        self,
-        *,
-        limit: int = 50,
-        status: str | None = None,
-        event_type: str | None = None,
-        before: int | None = None,
-        search: str | None = None,
-    ) -> list[EventRow]:
-        """Newest first; ``search`` finds text in the keys, the type or the payload."""
-        query = sa.select(events).order_by(events.c.id.desc()).limit(limit)
-        if status:
-            query = query.where(events.c.status == status)
-        if event_type:
-            query = query.where(events.c.event_type == event_type)
-        if before:
-            query = query.where(events.c.id < before)
-        if search:
-            query = query.where(
-                sa.or_(
-                    *(
-                        column.icontains(search, autoescape=True)
-                        for column in (
-                            events.c.event_key,
-                            events.c.delivery_id,
-                            events.c.event_type,
-                            events.c.payload,
-                        )
-                    )
-                )
-            )
-        with self._read() as conn:
-            return [EventRow.from_row(r) for r in conn.execute(query).all()]
-
-    def count_by_status(self) -> dict[str, int]:
-        with self._read() as conn:
-            rows = conn.execute(
-                sa.select(events.c.status, sa.func.count()).group_by(events.c.status)
-            ).all()
-        return {str(status): int(n) for status, n in rows}
-
-    def event_types(self) -> list[str]:
-        with self._read() as conn:
-            rows = conn.execute(
-                sa.select(events.c.event_type).distinct().order_by(events.c.event_type)
-            ).all()
-        return [str(r.event_type) for r in rows if r.event_type]
-
-    def event_counts(
-        self, *, since: float, bucket_seconds: float
-    ) -> dict[int, tuple[int, int]]:
-        """Events received per time bucket since ``since``: {bucket: (all, failing)}.
-
-        An event is failing when it is a dead letter or its last attempt failed.
-        """
-        offset = (events.c.received_at - since) / bucket_seconds
-        if self.dialect == "sqlite":
-            bucket = sa.cast(offset, sa.Integer)  # truncation: offset is not negative
-        else:
-            bucket = sa.cast(sa.func.floor(offset), sa.Integer)
-        failing = sa.or_(events.c.status == DEAD, events.c.last_error.is_not(None))
-        query = (
-            sa.select(
-                bucket.label("bucket"),
-                sa.func.count().label("received"),
-                sa.func.sum(sa.case((failing, 1), else_=0)).label("failing"),
-            )
-            .where(events.c.received_at >= since)
-            .group_by(bucket)
-        )
-        with self._read() as conn:
-            rows = conn.execute(query).all()
-        return {int(r.bucket): (int(r.received), int(r.failing or 0)) for r in rows}
-
-    def plugin_activity(self, *, since: float) -> list[PluginActivity]:
-        """Each plugin's ledger since ``since``: calls by status, last success, last
-        error."""
-        failed = ledger.c.status.in_(["failed", "permanent"])  # the dispatcher's
-        recent = ledger.c.updated_at >= since
-        latest_error = (
-            sa.select(ledger.c.plugin, sa.func.max(ledger.c.updated_at).label("at"))
-            .where(recent, failed)
-            .group_by(ledger.c.plugin)
-            .subquery()
-        )
-        with self._read() as conn:
-            counts = conn.execute(
-                sa.select(ledger.c.plugin, ledger.c.status, sa.func.count())
-                .where(recent)
-                .group_by(ledger.c.plugin, ledger.c.status)
-            ).all()
-            successes = dict(
-                conn.execute(
-                    sa.select(ledger.c.plugin, sa.func.max(ledger.c.updated_at))
-                    .where(recent, ~failed)
-                    .group_by(ledger.c.plugin)
-                ).all()
-            )
-            same = sa.and_(
-                ledger.c.plugin == latest_error.c.plugin,
-                ledger.c.updated_at == latest_error.c.at,
-            )
-            errors = conn.execute(
-                sa.select(ledger.c.plugin, ledger.c.updated_at, ledger.c.error)
-                .join(latest_error, same)
-                .where(failed)
-            ).all()
-        calls: dict[str, dict[str, int]] = {}
-        for plugin, status, n in counts:
-            calls.setdefault(plugin, {})[status] = int(n)
-        last_error = {r.plugin: (r.updated_at, r.error) for r in errors}
-        return [
-            PluginActivity(
-                plugin=plugin,
-                calls=by_status,
-                last_success_at=successes.get(plugin),
-                last_error_at=last_error.get(plugin, (None, None))[0],
-                last_error=last_error.get(plugin, (None, None))[1],
-            )
-            for plugin, by_status in sorted(calls.items())
-        ]
-
-    def oldest_due(self, *, now: float | None = None) -> float | None:
-        """When the oldest event still waiting became due (for queue lag)."""
-        now = time.time() if now is None else now
-        with self._read() as conn:
-            return conn.execute(
-                sa.select(sa.func.min(events.c.next_attempt_at)).where(
-                    events.c.status == PENDING, events.c.next_attempt_at <= now
-                )
-            ).scalar()
-
-    def next_due(self) -> float | None:
-        with self._read() as conn:
-            return conn.execute(
-                sa.select(sa.func.min(events.c.next_attempt_at)).where(
-                    events.c.status == PENDING
-                )
-            ).scalar()
-
     def prune(
         self,
         *,
@@ -1071,212 +709,3 @@ class Store:
             conn.execute(ledger.delete().where(ledger.c.event_pk.in_(doomed)))
             result = conn.execute(events.delete().where(old))
             return int(result.rowcount)
-
-
-# The statements of the hot path, built once: constructing SQLAlchemy expressions costs
-# more than executing them on SQLite.
-def _event_state(conn: Connection, event_pk: int) -> EventState:
-    calls = conn.execute(_LEDGER_OF, {"b_pk": event_pk}).all()
-    planned = conn.execute(_ACTIONS_OF, {"b_pk": event_pk}).all()
-    return (
-        {(r.plugin, r.stage): _ledger_row(r) for r in calls},
-        [_action_row(r) for r in planned],
-    )
-
-
-def _claim_statement() -> Any:
-    now: Any = sa.bindparam("b_now")
-    due = (
-        sa.select(events.c.id)
-        .where(
-            sa.or_(
-                sa.and_(events.c.status == PENDING, events.c.next_attempt_at <= now),
-                sa.and_(events.c.status == RUNNING, events.c.lease_expires_at < now),
-            )
-        )
-        .order_by(events.c.next_attempt_at, events.c.id)
-        .limit(1)
-        .with_for_update(skip_locked=True)
-        .scalar_subquery()
-    )
-    return (
-        events.update()
-        .where(events.c.id == due)
-        .values(
-            status=RUNNING,
-            lease_owner=sa.bindparam("b_owner"),
-            lease_expires_at=sa.bindparam("b_expires"),
-            attempts=events.c.attempts + 1,
-        )
-        .returning(*events.c)
-    )
-
-
-_CLAIM = _claim_statement()
-_LEDGER_OF = (
-    sa.select(ledger)
-    .where(ledger.c.event_pk == sa.bindparam("b_pk"))
-    .order_by(ledger.c.id)
-)
-_ACTIONS_OF = (
-    sa.select(actions)
-    .where(actions.c.event_pk == sa.bindparam("b_pk"))
-    .order_by(actions.c.id)
-)
-_LEDGER_CALL = (
-    ledger.c.event_pk == sa.bindparam("b_pk"),
-    ledger.c.plugin == sa.bindparam("b_plugin"),
-    ledger.c.stage == sa.bindparam("b_stage"),
-)
-_LEDGER_MOVE = (
-    ledger.update()
-    .where(*_LEDGER_CALL)
-    .values(
-        status=sa.bindparam("b_status"),
-        error=sa.bindparam("b_error"),
-        updated_at=sa.bindparam("b_now"),
-    )
-)
-_LEDGER_VALUES: dict[str, Any] = {
-    "status": sa.bindparam("b_status"),
-    "error": sa.bindparam("b_error"),
-    "data": sa.bindparam("b_data"),
-    "duration_ms": sa.bindparam("b_duration"),
-    "updated_at": sa.bindparam("b_now"),
-}
-_LEDGER_BUMP = (
-    ledger.update()
-    .where(*_LEDGER_CALL)
-    .values(attempts=ledger.c.attempts + 1, **_LEDGER_VALUES)
-)
-_LEDGER_INSERT = ledger.insert().values(
-    event_pk=sa.bindparam("b_pk"),
-    plugin=sa.bindparam("b_plugin"),
-    stage=sa.bindparam("b_stage"),
-    attempts=1,
-    **_LEDGER_VALUES,
-)
-_FINISH_STATEMENTS: dict[tuple[str, ...], Any] = {}
-
-
-def _finish_statement(keys: tuple[str, ...]) -> Any:
-    """The UPDATE that ends a held lease, setting ``keys`` (built once per set)."""
-    stmt = _FINISH_STATEMENTS.get(keys)
-    if stmt is None:
-        stmt = (
-            events.update()
-            .where(
-                events.c.id == sa.bindparam("b_pk"),
-                events.c.status == RUNNING,
-                events.c.lease_owner == sa.bindparam("b_holder"),
-            )
-            .values({k: sa.bindparam(f"b_{k}") for k in keys})
-        )
-        _FINISH_STATEMENTS[keys] = stmt
-    return stmt
-
-
-def _write_ledger(
-    conn: Connection, event_pk: int, calls: Sequence[LedgerWrite], now: float
-) -> None:
-    for call in calls:
-        params: dict[str, Any] = {
-            "b_pk": event_pk,
-            "b_plugin": call.plugin,
-            "b_stage": call.stage,
-            "b_status": call.status,
-            "b_error": call.error,
-            "b_now": now,
-        }
-        if not call.counts_attempt:
-            conn.execute(_LEDGER_MOVE, params)
-            continue
-        params["b_data"] = _dumps(call.data) if call.data else None
-        params["b_duration"] = call.duration_ms
-        bumped = call.exists is not False and conn.execute(_LEDGER_BUMP, params)
-        if not (bumped and bumped.rowcount):
-            conn.execute(_LEDGER_INSERT, params)
-
-
-def _stored_version(conn: Connection) -> int | None:
-    if not sa.inspect(conn).has_table("schema_meta"):
-        return None
-    found = conn.execute(
-        sa.select(schema_meta.c.value).where(schema_meta.c.key == "version")
-    ).scalar()
-    return None if found is None else int(found)
-
-
-def _ledger_row(r: Any) -> LedgerRow:
-    return LedgerRow(
-        plugin=r.plugin,
-        stage=r.stage,
-        status=r.status,
-        attempts=r.attempts,
-        error=r.error,
-        data=json.loads(r.data) if r.data else {},
-        duration_ms=r.duration_ms,
-        updated_at=r.updated_at,
-    )
-
-
-def _action_row(r: Any) -> ActionRow:
-    return ActionRow(
-        pk=r.id,
-        event_pk=r.event_pk,
-        plugin=r.plugin,
-        stage=r.stage,
-        position=r.position,
-        kind=r.kind,
-        params=json.loads(r.params),
-        idempotency_key=r.idempotency_key,
-        status=r.status,
-        attempts=r.attempts,
-        result=json.loads(r.result) if r.result else None,
-        error=r.error,
-        created_at=r.created_at,
-        executed_at=r.executed_at,
-    )
-
-
-_sqlite_lock = threading.Lock()
-
-
-def _make_engine(url: str) -> Engine:
-    if not url.startswith("sqlite"):
-        return sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
-
-    engine = sa.create_engine(
-        url,
-        connect_args={"timeout": 30, "check_same_thread": False},
-        pool_size=16,
-        max_overflow=16,
-    )
-
-    @sa.event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        # SQLAlchemy's BEGIN is then the only transaction control: it can be IMMEDIATE.
-        dbapi_conn.isolation_level = None
-        cursor = dbapi_conn.cursor()
-        with _sqlite_lock:
-            cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.close()
-
-    @sa.event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        options = conn.get_execution_options()
-        if options.get("amr_read_only"):
-            conn.exec_driver_sql("BEGIN")
-            return
-        level = "FULL" if options.get("amr_durable") else "NORMAL"
-        info = conn.connection.info
-        if info.get("synchronous") != level:
-            conn.exec_driver_sql(f"PRAGMA synchronous={level}")
-            info["synchronous"] = level
-        # Take the write lock up front: two deferred transactions that both upgrade to
-        # writers would otherwise fail with "database is locked" instead of waiting.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-    return engine

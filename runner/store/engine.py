@@ -1,0 +1,64 @@
+"""Engines: SQLite in WAL mode with one writer per process, or PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+
+def database_url(value: str) -> str:
+    """A SQLAlchemy URL from a database setting: a URL, or a path to a SQLite file."""
+    if "://" in value:
+        if value.startswith("postgres://"):
+            value = "postgresql://" + value.removeprefix("postgres://")
+        if value.startswith("postgresql://"):
+            value = "postgresql+psycopg://" + value.removeprefix("postgresql://")
+        return value
+    return f"sqlite:///{Path(value).expanduser()}"
+
+
+_sqlite_lock = threading.Lock()
+
+
+def _make_engine(url: str) -> Engine:
+    if not url.startswith("sqlite"):
+        return sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+    engine = sa.create_engine(
+        url,
+        connect_args={"timeout": 30, "check_same_thread": False},
+        pool_size=16,
+        max_overflow=16,
+    )
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # SQLAlchemy's BEGIN is then the only transaction control: it can be IMMEDIATE.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        with _sqlite_lock:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        options = conn.get_execution_options()
+        if options.get("amr_read_only"):
+            conn.exec_driver_sql("BEGIN")
+            return
+        level = "FULL" if options.get("amr_durable") else "NORMAL"
+        info = conn.connection.info
+        if info.get("synchronous") != level:
+            conn.exec_driver_sql(f"PRAGMA synchronous={level}")
+            info["synchronous"] = level
+        # Take the write lock up front: two deferred transactions that both upgrade to
+        # writers would otherwise fail with "database is locked" instead of waiting.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
