@@ -39,18 +39,15 @@ Example::
 from __future__ import annotations
 
 import base64
-import contextlib
 import copy
 import json
 import logging
 import math
 import re
 import secrets
-import socket
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -58,13 +55,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import httpx
 from agentmail import AgentMail, AgentMailEnvironment
-from werkzeug.serving import (
-    BaseWSGIServer,
-    ThreadedWSGIServer,
-    WSGIRequestHandler,
-    make_server,
-)
 from werkzeug.wrappers import Request, Response
+
+from runner.testing.loopback import LoopbackServer, StopRequested
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -100,9 +93,6 @@ _ERROR_NAMES = {
     503: "ServiceUnavailableError",
     504: "GatewayTimeoutError",
 }
-
-# Generous enough for a request that was mid-flight when stop() was called.
-_STOP_GRACE_SECONDS = 1.0
 
 
 @dataclass
@@ -195,10 +185,6 @@ class _Answer:
     content_type: str = "application/json"
 
 
-class _StopRequested(Exception):
-    pass
-
-
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -255,29 +241,18 @@ def _split_raw_path(raw_uri: str) -> tuple[str, str, tuple[str, ...]]:
     return raw_path, raw_query, segments
 
 
-class _QuietHandler(WSGIRequestHandler):
-    """Routes werkzeug's per-request log lines to debug logging instead of stderr."""
-
-    def log(self, type: str, message: str, *args: Any) -> None:
-        _logger.debug("agentmail double: " + message, *args)
-
-
-class AgentMailDouble:
+class AgentMailDouble(LoopbackServer):
     """An in-memory AgentMail API served on 127.0.0.1 on an OS-chosen port.
 
     Use it as a context manager, or call :meth:`start` and :meth:`stop`. All public
     methods are safe to call from any thread while the server runs.
     """
 
+    name = "agentmail-double"
+
     def __init__(self, api_key: str = "test-key") -> None:
+        super().__init__()
         self.api_key = api_key
-        self._lock = threading.RLock()
-        self._changed = threading.Condition(self._lock)
-        self._stopping = threading.Event()
-        self._server: BaseWSGIServer | None = None
-        self._thread: threading.Thread | None = None
-        self._port: int | None = None
-        self._connections: set[socket.socket] = set()
         self._http_clients: list[httpx.Client] = []
 
         self._requests: list[RecordedRequest] = []
@@ -294,95 +269,11 @@ class AgentMailDouble:
 
     # ----------------------------------------------------------------- lifecycle
 
-    def start(self) -> AgentMailDouble:
-        """Bind 127.0.0.1 on a free port and serve in a background thread."""
-        if self._server is not None:
-            raise RuntimeError("AgentMailDouble is already running")
-        self._stopping.clear()
-        double = self
-
-        class _Handler(_QuietHandler):
-            def setup(self) -> None:
-                super().setup()
-                with double._lock:
-                    double._connections.add(self.connection)
-
-            def finish(self) -> None:
-                try:
-                    super().finish()
-                finally:
-                    with double._lock:
-                        double._connections.discard(self.connection)
-
-        server = make_server(
-            "127.0.0.1", 0, self._wsgi_app, threaded=True, request_handler=_Handler
-        )
-        # socketserver only remembers, and server_close() only joins, non-daemon
-        # handler threads; werkzeug makes them daemons, which would let stop() return
-        # with a request still running.
-        if not isinstance(server, ThreadedWSGIServer):
-            raise TypeError(f"expected a threaded server, got {type(server).__name__}")
-        server.daemon_threads = False
-        self._server = server
-        self._port = server.port
-        # A short poll interval keeps stop() fast: shutdown() waits for one poll.
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"agentmail-double:{server.port}",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving, wait for every server thread, close clients from client()."""
-        server, thread = self._server, self._thread
-        if server is None or thread is None:
-            return
-        # Wakes handlers sleeping in an injected delay so they can finish.
-        self._stopping.set()
-        with self._changed:
-            self._changed.notify_all()
-        server.shutdown()
-        # serve_forever() closes the server on exit, which joins the handler threads.
-        thread.join(_STOP_GRACE_SECONDS)
-        while thread.is_alive():
-            # A handler is stuck on a connection that never completed its request;
-            # cutting the socket is the only way to release it. Looping covers a
-            # handler that had not registered its connection yet.
-            with self._lock:
-                stuck = list(self._connections)
-            for conn in stuck:
-                with contextlib.suppress(OSError):
-                    conn.shutdown(socket.SHUT_RDWR)
-            thread.join(0.5)
+    def _after_stop(self) -> None:
         with self._lock:
             clients, self._http_clients = self._http_clients, []
         for client in clients:
             client.close()
-        self._server = None
-        self._thread = None
-
-    def __enter__(self) -> AgentMailDouble:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    @property
-    def running(self) -> bool:
-        return self._server is not None
-
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("AgentMailDouble has not been started")
-        return self._port
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     @property
     def environment(self) -> AgentMailEnvironment:
@@ -513,26 +404,6 @@ class AgentMailDouble:
                 self._downloads.clear()
                 self._webhooks.clear()
 
-    def wait_for(
-        self, predicate: Callable[[], _T], timeout: float = 5.0, interval: float = 0.02
-    ) -> _T:
-        """Call ``predicate`` until it returns something truthy, and return that.
-
-        The double wakes waiters whenever it records something, so this returns
-        promptly; ``interval`` bounds the wait for predicates on other state. Raises
-        TimeoutError after ``timeout`` seconds.
-        """
-        deadline = time.monotonic() + timeout
-        while True:
-            result = predicate()
-            if result:
-                return result
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"condition not met within {timeout} s")
-            with self._changed:
-                self._changed.wait(min(interval, remaining))
-
     # --------------------------------------------------------- failure injection
 
     def fail(
@@ -586,7 +457,7 @@ class AgentMailDouble:
             )
         try:
             answer = self._handle(request, record)
-        except _StopRequested:
+        except StopRequested:
             answer = _error(503, "the double is shutting down")
         except Exception:
             # A bug in the double must show up as a failed test, not a hung client.
@@ -666,8 +537,7 @@ class AgentMailDouble:
     def _handle(self, request: Request, record: RecordedRequest) -> _Answer:
         rule = self._take_failure(record)
         if rule is not None:
-            if rule.delay > 0 and self._stopping.wait(rule.delay):
-                raise _StopRequested
+            self._pause(rule.delay)
             if rule.status is not None:
                 return self._injected(rule)
 

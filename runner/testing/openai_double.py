@@ -33,26 +33,19 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import logging
 import math
-import socket
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from werkzeug.serving import (
-    BaseWSGIServer,
-    ThreadedWSGIServer,
-    WSGIRequestHandler,
-    make_server,
-)
 from werkzeug.wrappers import Request, Response
+
+from runner.testing.loopback import LoopbackServer, StopRequested
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -97,9 +90,6 @@ _ERROR_DEFAULTS: dict[int, tuple[str, str | None, str]] = {
 _QUOTA_MESSAGE = (
     "You exceeded your current quota, please check your plan and billing details."
 )
-
-# Generous enough for a request that was mid-flight when stop() was called.
-_STOP_GRACE_SECONDS = 1.0
 
 
 @dataclass
@@ -157,10 +147,6 @@ class _Answer:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-class _StopRequested(Exception):
-    pass
-
-
 def _content_text(content: Any) -> str:
     # A message's content is a string or a list of typed parts.
     if isinstance(content, str):
@@ -184,14 +170,7 @@ def error_body(
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
-class _QuietHandler(WSGIRequestHandler):
-    """Routes werkzeug's per-request log lines to debug logging instead of stderr."""
-
-    def log(self, type: str, message: str, *args: Any) -> None:
-        _logger.debug("openai double: " + message, *args)
-
-
-class OpenAIDouble:
+class OpenAIDouble(LoopbackServer):
     """An OpenAI-compatible chat completions server on 127.0.0.1, OS-chosen port.
 
     Use it as a context manager, or call :meth:`start` and :meth:`stop`. All public
@@ -200,6 +179,8 @@ class OpenAIDouble:
     real API answers); with None any key is accepted.
     """
 
+    name = "openai-double"
+
     def __init__(
         self,
         api_key: str | None = "test",
@@ -207,104 +188,12 @@ class OpenAIDouble:
         default_content: str = "Thank you for your message.",
         models: Iterable[str] = ("gpt-4o-mini",),
     ) -> None:
+        super().__init__()
         self.api_key = api_key
         self.default_content = default_content
         self.models = tuple(models)
-        self._lock = threading.RLock()
-        self._changed = threading.Condition(self._lock)
-        self._stopping = threading.Event()
-        self._server: BaseWSGIServer | None = None
-        self._thread: threading.Thread | None = None
-        self._port: int | None = None
-        self._connections: set[socket.socket] = set()
         self._requests: list[RecordedRequest] = []
         self._script: list[ScriptedAnswer] = []
-
-    # ----------------------------------------------------------------- lifecycle
-
-    def start(self) -> OpenAIDouble:
-        """Bind 127.0.0.1 on a free port and serve in a background thread."""
-        if self._server is not None:
-            raise RuntimeError("OpenAIDouble is already running")
-        self._stopping.clear()
-        double = self
-
-        class _Handler(_QuietHandler):
-            def setup(self) -> None:
-                super().setup()
-                with double._lock:
-                    double._connections.add(self.connection)
-
-            def finish(self) -> None:
-                try:
-                    super().finish()
-                finally:
-                    with double._lock:
-                        double._connections.discard(self.connection)
-
-        server = make_server(
-            "127.0.0.1", 0, self._wsgi_app, threaded=True, request_handler=_Handler
-        )
-        # Non-daemon handler threads are the ones server_close() joins, so stop()
-        # cannot return while a request is still being answered.
-        if not isinstance(server, ThreadedWSGIServer):
-            raise TypeError(f"expected a threaded server, got {type(server).__name__}")
-        server.daemon_threads = False
-        self._server = server
-        self._port = server.port
-        # A short poll interval keeps stop() fast: shutdown() waits for one poll.
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"openai-double:{server.port}",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and wait for every server thread, delayed answers included."""
-        server, thread = self._server, self._thread
-        if server is None or thread is None:
-            return
-        # Wakes handlers sleeping in a scripted delay so they can finish.
-        self._stopping.set()
-        with self._changed:
-            self._changed.notify_all()
-        server.shutdown()
-        thread.join(_STOP_GRACE_SECONDS)
-        while thread.is_alive():
-            # A handler waits on a connection that never sent a whole request; only
-            # cutting its socket releases it.
-            with self._lock:
-                stuck = list(self._connections)
-            for conn in stuck:
-                with contextlib.suppress(OSError):
-                    conn.shutdown(socket.SHUT_RDWR)
-            thread.join(0.5)
-        self._server = None
-        self._thread = None
-
-    def __enter__(self) -> OpenAIDouble:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    @property
-    def running(self) -> bool:
-        return self._server is not None
-
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("OpenAIDouble has not been started")
-        return self._port
-
-    @property
-    def url(self) -> str:
-        """The server's root; the API lives under ``url + "/v1"``."""
-        return f"http://127.0.0.1:{self.port}"
 
     @property
     def base_url(self) -> str:
@@ -415,24 +304,6 @@ class OpenAIDouble:
             self._requests.clear()
             self._script.clear()
 
-    def wait_for(
-        self, predicate: Callable[[], _T], timeout: float = 5.0, interval: float = 0.02
-    ) -> _T:
-        """Call ``predicate`` until it returns something truthy, and return that.
-
-        Raises TimeoutError after ``timeout`` seconds.
-        """
-        deadline = time.monotonic() + timeout
-        while True:
-            result = predicate()
-            if result:
-                return result
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"condition not met within {timeout} s")
-            with self._changed:
-                self._changed.wait(min(interval, remaining))
-
     # --------------------------------------------------------------- the server
 
     def _wsgi_app(
@@ -442,7 +313,7 @@ class OpenAIDouble:
         record = self._record(request)
         try:
             answer = self._handle(request, record)
-        except _StopRequested:
+        except StopRequested:
             answer = _error(503, "The server is shutting down.", "server_error")
         except Exception:
             # A bug in the double must show up as a failed test, not a hung client.
@@ -511,8 +382,7 @@ class OpenAIDouble:
             scripted = self._script.pop(0) if self._script else None
         if scripted is None:
             scripted = ScriptedAnswer(content=self.default_content)
-        if scripted.delay > 0 and self._stopping.wait(scripted.delay):
-            raise _StopRequested
+        self._pause(scripted.delay)
         if scripted.status != 200:
             return _Answer(
                 scripted.status, copy.deepcopy(scripted.error), dict(scripted.headers)
