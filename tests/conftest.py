@@ -9,6 +9,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -250,3 +251,26 @@ def live_server() -> Iterator[Callable[..., LiveServer]]:
 
 def config_for(path: Path) -> Config:
     return load_config(path, environ={})
+
+
+def store_event(rt: Runtime, payload: dict[str, Any], now: float | None = None) -> int:
+    """Store a payload as the ingress would, without signing and posting it."""
+    pk = rt.store.insert_event(
+        event_key=payload.get("event_id") or str(uuid.uuid4()),
+        event_id=payload.get("event_id"),
+        delivery_id=None,
+        event_type=payload["event_type"],
+        payload=json.dumps(payload),
+        scheme="test",
+        now=now,
+    )
+    assert pk is not None
+    return pk
+
+
+def run_attempt(rt: Runtime) -> None:
+    """Wait until the next event is due, then let a worker take one attempt at it."""
+    due = rt.store.next_due()
+    if due is not None:
+        time.sleep(max(0.0, due - time.time()))
+    assert rt.new_worker().run_once()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import queue
 import random
 import threading
@@ -18,7 +17,7 @@ from runner.dispatch import backoff
 from runner.runtime import Runtime
 from runner.store import DONE, PENDING
 from runner.testing.agentmail_double import AgentMailDouble
-from tests.conftest import RuntimeFactory, load_payload
+from tests.conftest import RuntimeFactory, load_payload, run_attempt, store_event
 
 INBOX = "helpdesk@agentmail.to"
 
@@ -29,27 +28,6 @@ def received_event(**message: Any) -> dict[str, Any]:
     payload["event_id"] = str(uuid.uuid4())
     payload["message"].update(message)
     return payload
-
-
-def store_event(rt: Runtime, payload: dict[str, Any]) -> int:
-    pk = rt.store.insert_event(
-        event_key=payload.get("event_id") or str(uuid.uuid4()),
-        event_id=payload.get("event_id"),
-        delivery_id=None,
-        event_type=payload["event_type"],
-        payload=json.dumps(payload),
-        scheme="test",
-    )
-    assert pk is not None
-    return pk
-
-
-def run_attempt(rt: Runtime) -> None:
-    """Wait until the next event is due, then let a worker take one attempt at it."""
-    due = rt.store.next_due()
-    if due is not None:
-        time.sleep(max(0.0, due - time.time()))
-    assert rt.new_worker().run_once()
 
 
 def seed_message(double: AgentMailDouble, payload: dict[str, Any]) -> None:

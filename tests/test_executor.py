@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import uuid
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -31,7 +30,13 @@ from runner.executor import ActionFailed, Executor
 from runner.runtime import Runtime
 from runner.store import DONE, PENDING
 from runner.testing.agentmail_double import AgentMailDouble
-from tests.conftest import RuntimeFactory, free_port, load_payload
+from tests.conftest import (
+    RuntimeFactory,
+    free_port,
+    load_payload,
+    run_attempt,
+    store_event,
+)
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -55,26 +60,6 @@ def seeded_event(
         INBOX, {"message_id": message_id, "thread_id": payload["message"]["thread_id"]}
     )
     return Event(payload)
-
-
-def store_event(rt: Runtime, payload: dict[str, Any]) -> int:
-    pk = rt.store.insert_event(
-        event_key=payload["event_id"],
-        event_id=payload["event_id"],
-        delivery_id=None,
-        event_type=payload["event_type"],
-        payload=json.dumps(payload),
-        scheme="test",
-    )
-    assert pk is not None
-    return pk
-
-
-def run_attempt(rt: Runtime) -> None:
-    due = rt.store.next_due()
-    if due is not None:
-        time.sleep(max(0.0, due - time.time()))
-    assert rt.new_worker().run_once()
 
 
 def event_status(rt: Runtime, pk: int) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from typing import Any
@@ -22,10 +21,16 @@ from runner import (
 )
 from runner.config import GuardSettings
 from runner.guard import SendGuard, auto_reply_refusal, normalise_address
-from runner.runtime import Runtime
 from runner.store import DONE, PENDING
 from runner.testing.agentmail_double import AgentMailDouble
-from tests.conftest import TEMPLATES, RuntimeFactory, deliver, load_payload
+from tests.conftest import (
+    TEMPLATES,
+    RuntimeFactory,
+    deliver,
+    load_payload,
+    run_attempt,
+    store_event,
+)
 
 INBOX = "helpdesk@agentmail.to"
 PATTERNS = GuardSettings().no_reply_patterns
@@ -47,26 +52,6 @@ def received_event(
     if thread_id is not None:
         message["thread_id"] = thread_id
     return payload
-
-
-def store_event(rt: Runtime, payload: dict[str, Any]) -> int:
-    pk = rt.store.insert_event(
-        event_key=payload["event_id"],
-        event_id=payload["event_id"],
-        delivery_id=None,
-        event_type=payload["event_type"],
-        payload=json.dumps(payload),
-        scheme="test",
-    )
-    assert pk is not None
-    return pk
-
-
-def run_attempt(rt: Runtime) -> None:
-    due = rt.store.next_due()
-    if due is not None:
-        time.sleep(max(0.0, due - time.time()))
-    assert rt.new_worker().run_once()
 
 
 def refusal(payload: dict[str, Any]) -> str | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import uuid
@@ -13,7 +12,7 @@ from runner.runtime import Runtime
 from runner.store import DONE, RUNNING
 from runner.testing.agentmail_double import AgentMailDouble
 from runner.worker import Wakeup
-from tests.conftest import RuntimeFactory, deliver, load_payload
+from tests.conftest import RuntimeFactory, deliver, load_payload, store_event
 
 INBOX = "helpdesk@agentmail.to"
 HOUR = 3600.0
@@ -23,20 +22,6 @@ def received_event() -> dict[str, Any]:
     payload = load_payload("message-received.json")
     payload["event_id"] = str(uuid.uuid4())
     return payload
-
-
-def store_event(rt: Runtime, payload: dict[str, Any], now: float | None = None) -> int:
-    pk = rt.store.insert_event(
-        event_key=payload["event_id"],
-        event_id=payload["event_id"],
-        delivery_id=None,
-        event_type=payload["event_type"],
-        payload=json.dumps(payload),
-        scheme="test",
-        now=now,
-    )
-    assert pk is not None
-    return pk
 
 
 class Stamper:
