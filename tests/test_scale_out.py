@@ -79,13 +79,14 @@ def test_an_upgrade_in_place_keeps_every_stored_event(
     def add_priority(conn: sa.Connection) -> None:
         conn.execute(sa.text("ALTER TABLE events ADD COLUMN priority INTEGER"))
 
-    monkeypatch.setitem(st.MIGRATIONS, 2, add_priority)
+    following = st.schema_version() + 1
+    monkeypatch.setitem(st.MIGRATIONS, following, add_priority)
     upgraded = st.Store(url)
 
     with upgraded.engine.connect() as conn:
         version = conn.execute(sa.text("SELECT value FROM schema_meta")).scalar()
         columns = {c["name"] for c in sa.inspect(conn).get_columns("events")}
-    assert version == "2"
+    assert version == str(following)
     assert "priority" in columns
     assert [r.event_key for r in upgraded.list_events()] == [
         f"evt-{i}" for i in reversed(range(5))
@@ -102,3 +103,38 @@ def test_a_store_newer_than_the_release_refuses_to_start(tmp_path: Path):
 
     with pytest.raises(st.StoreUnavailable, match="schema version 99, newer than"):
         st.Store(url)
+
+
+def test_a_version_1_store_gains_the_lease_index_and_keeps_its_events(
+    tmp_path: Path,
+):
+    url = database_for(tmp_path)
+    old = st.Store(url)
+    _fill(old, 3)
+    with old.engine.begin() as conn:
+        conn.execute(sa.text("DROP INDEX ix_events_lease"))
+        conn.execute(sa.text("UPDATE schema_meta SET value = '1'"))
+    old.close()
+
+    upgraded = st.Store(url)
+
+    with upgraded.engine.connect() as conn:
+        indexes = {i["name"] for i in sa.inspect(conn).get_indexes("events")}
+        version = conn.execute(sa.text("SELECT value FROM schema_meta")).scalar()
+    assert "ix_events_lease" in indexes
+    assert version == "2"
+    assert len(upgraded.list_events()) == 3
+    upgraded.close()
+
+
+def test_an_expired_lease_is_claimed_before_newer_due_work(tmp_path: Path):
+    store = st.Store(database_for(tmp_path))
+    _fill(store, 2)
+    first = store.claim("dies", 10)
+    assert first is not None
+
+    again = store.claim("survivor", 10, now=first.lease_expires_at + 1)
+
+    assert again is not None
+    assert (again.pk, again.attempts) == (first.pk, 2)
+    store.close()

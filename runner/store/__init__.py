@@ -59,7 +59,8 @@ from runner.store.schema import (
     schema_version,
 )
 from runner.store.sql import (
-    _CLAIM,
+    _CLAIM_DUE,
+    _CLAIM_EXPIRED,
     _event_state,
     _finish_statement,
     _stored_version,
@@ -282,7 +283,9 @@ class Store(StoreQueries):
         now = time.time() if now is None else now
         params = {"b_now": now, "b_owner": owner, "b_expires": now + lease_seconds}
         with self._tx() as conn:
-            row = conn.execute(_CLAIM, params).first()
+            row = conn.execute(_CLAIM_EXPIRED, params).first()
+            if row is None:
+                row = conn.execute(_CLAIM_DUE, params).first()
             if row is None:
                 return None
             state = _event_state(conn, row._mapping["id"])

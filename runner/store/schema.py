@@ -48,6 +48,7 @@ events = sa.Table(
     sa.Column("last_error", sa.Text),
     sa.Column("finished_at", sa.Float),
     sa.Index("ix_events_claim", "status", "next_attempt_at"),
+    sa.Index("ix_events_lease", "status", "lease_expires_at"),
     sa.Index("ix_events_received", "received_at"),
 )
 
@@ -122,3 +123,12 @@ PLANNED, EXECUTED, FAILED, VETOED, RECORDED = (
     "vetoed",
     "recorded",
 )
+
+
+def _index_expired_leases(conn: Connection) -> None:
+    """Version 2: a worker finds expired leases through an index of their own."""
+    index = next(i for i in events.indexes if i.name == "ix_events_lease")
+    index.create(conn, checkfirst=True)
+
+
+MIGRATIONS[2] = _index_expired_leases

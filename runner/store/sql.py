@@ -30,17 +30,16 @@ def _event_state(conn: Connection, event_pk: int) -> EventState:
     )
 
 
-def _claim_statement() -> Any:
-    now: Any = sa.bindparam("b_now")
+def _claim_statement(status: str, when: Any) -> Any:
+    """Claim the first event of ``status`` whose ``when`` has passed.
+
+    One status per statement, so that the (status, time) index yields the next event
+    without sorting the whole backlog, as an OR of both would make it.
+    """
     due = (
         sa.select(events.c.id)
-        .where(
-            sa.or_(
-                sa.and_(events.c.status == PENDING, events.c.next_attempt_at <= now),
-                sa.and_(events.c.status == RUNNING, events.c.lease_expires_at < now),
-            )
-        )
-        .order_by(events.c.next_attempt_at, events.c.id)
+        .where(events.c.status == status, when <= sa.bindparam("b_now"))
+        .order_by(when, events.c.id)
         .limit(1)
         .with_for_update(skip_locked=True)
         .scalar_subquery()
@@ -58,7 +57,9 @@ def _claim_statement() -> Any:
     )
 
 
-_CLAIM = _claim_statement()
+# A lease that expired (its worker died) is taken before new work; then what is due.
+_CLAIM_EXPIRED = _claim_statement(RUNNING, events.c.lease_expires_at)
+_CLAIM_DUE = _claim_statement(PENDING, events.c.next_attempt_at)
 _LEDGER_OF = (
     sa.select(ledger)
     .where(ledger.c.event_pk == sa.bindparam("b_pk"))
