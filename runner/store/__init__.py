@@ -111,6 +111,7 @@ class Store(StoreQueries):
             .on_conflict_do_nothing(index_elements=["event_key"])
             .returning(events.c.id, events.c.event_key)
         )
+        self._next_expiry_check = 0.0
         self._write_lock: contextlib.AbstractContextManager[Any] = (
             threading.Lock() if self.dialect == "sqlite" else contextlib.nullcontext()
         )
@@ -282,8 +283,15 @@ class Store(StoreQueries):
         transaction (what a worker needs next, without a second round trip)."""
         now = time.time() if now is None else now
         params = {"b_now": now, "b_owner": owner, "b_expires": now + lease_seconds}
+        # Leases last at least seconds, so looking for expired ones once a second is
+        # soon enough, and spares every other claim a statement.
+        look_for_expired = now >= self._next_expiry_check
+        if look_for_expired:
+            self._next_expiry_check = now + 1.0
         with self._tx() as conn:
-            row = conn.execute(_CLAIM_EXPIRED, params).first()
+            row = None
+            if look_for_expired:
+                row = conn.execute(_CLAIM_EXPIRED, params).first()
             if row is None:
                 row = conn.execute(_CLAIM_DUE, params).first()
             if row is None:

@@ -23,7 +23,8 @@ from runner.store.schema import (
 # more than executing them on SQLite.
 def _event_state(conn: Connection, event_pk: int) -> EventState:
     calls = conn.execute(_LEDGER_OF, {"b_pk": event_pk}).all()
-    planned = conn.execute(_ACTIONS_OF, {"b_pk": event_pk}).all()
+    # Actions are recorded with the call that planned them: no call, no action.
+    planned = conn.execute(_ACTIONS_OF, {"b_pk": event_pk}).all() if calls else []
     return (
         {(r.plugin, r.stage): _ledger_row(r) for r in calls},
         [_action_row(r) for r in planned],
