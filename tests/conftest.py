@@ -81,10 +81,17 @@ def postgres_schema_url(name: str) -> str:
     return f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
 
 
+_schemas: dict[str, str] = {}
+
+
 def database_for(directory: Path) -> str:
-    """The database setting for a test working in ``directory``."""
+    """The database setting for a test working in ``directory`` (the same one every
+    time it is asked within a session: a test may look at what its runner wrote)."""
     if ENGINE == "postgresql":
-        return postgres_schema_url(str(directory))
+        key = str(directory)
+        if key not in _schemas:
+            _schemas[key] = postgres_schema_url(key)
+        return _schemas[key]
     return str(directory / "runner.db")
 
 

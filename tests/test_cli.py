@@ -31,7 +31,15 @@ from runner.cli import cli
 from runner.store import EventRow, Store
 from runner.testing.agentmail_double import AgentMailDouble
 from runner.verify import Verifier
-from tests.conftest import PAYLOADS, SECRET, free_port, load_payload, sign, write_config
+from tests.conftest import (
+    PAYLOADS,
+    SECRET,
+    database_for,
+    free_port,
+    load_payload,
+    sign,
+    write_config,
+)
 
 AGENTMAIL_RUNNER = str(Path(sys.executable).with_name("agentmail-runner"))
 
@@ -171,10 +179,11 @@ def run_command(
 
 
 def wait_for_event(
-    database: Path, event_id: str, status: str, timeout: float = 15.0
+    directory: Path, event_id: str, status: str, timeout: float = 15.0
 ) -> EventRow:
-    """Watch the store from outside the runner until the event reaches ``status``."""
-    store = Store(str(database))
+    """Watch the store of a runner working in ``directory`` until the event reaches
+    ``status``."""
+    store = Store(database_for(directory))
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -299,7 +308,7 @@ def test_sigterm_lets_the_event_in_hand_finish_and_exits_0_within_the_grace(
     assert code == 0
     assert took < 10
     assert len(double.sent) == 1
-    row = wait_for_event(tmp_path / "runner.db", payload["event_id"], "done", 1)
+    row = wait_for_event(tmp_path, payload["event_id"], "done", 1)
     assert row.attempts == 1
     assert "unfinished events were released" not in server.output()
 
@@ -321,9 +330,7 @@ def test_receive_url_of_every_corpus_file_then_again_gives_one_reply_per_message
             assert done.stdout.startswith("200 "), done.stdout
             assert json.loads(done.stdout[4:])["status"] == "accepted"
         for path in PAYLOADS:
-            wait_for_event(
-                tmp_path / "runner.db", load_payload(path.name)["event_id"], "done"
-            )
+            wait_for_event(tmp_path, load_payload(path.name)["event_id"], "done")
         assert_one_templated_reply_per_received_message(double)
 
         # The same command again, in-process this time to keep the test quick.
@@ -388,7 +395,7 @@ def test_a_delivery_signed_by_the_svix_library_over_plain_http_gets_its_reply(
                 assert response.json()["status"] == status
             for path in PAYLOADS:
                 event_id = load_payload(path.name)["event_id"]
-                wait_for_event(tmp_path / "runner.db", event_id, "done")
+                wait_for_event(tmp_path, event_id, "done")
         assert server.stop(signal.SIGTERM) == 0
 
     assert_one_templated_reply_per_received_message(double)
@@ -417,7 +424,7 @@ def test_receive_dry_run_prints_the_intended_reply_and_stores_nothing(
     assert "reply by autoresponder: recorded" in result.stdout
     assert f"text: {expected_reply(payload)}" in result.stdout
     assert double.requests == []
-    store = Store(str(tmp_path / "runner.db"))
+    store = Store(database_for(tmp_path))
     try:
         assert store.get_event(payload["event_id"]) is None
     finally:
@@ -446,7 +453,7 @@ def test_receive_in_process_stores_the_event_and_sends_the_reply(
     [email] = double.sent
     assert email.json["text"] == expected_reply(payload)
     assert f"reply by autoresponder: done  key={email.idempotency_key}" in result.stdout
-    store = Store(str(tmp_path / "runner.db"))
+    store = Store(database_for(tmp_path))
     try:
         row = store.get_event(payload["event_id"])
         assert row is not None and row.status == "done"

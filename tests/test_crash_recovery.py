@@ -58,7 +58,7 @@ def test_an_event_acknowledged_just_before_a_kill_is_processed_after_a_restart(
     assert double.requests == []
 
     with serving(tmp_path, env) as server:
-        row = wait_for_event(tmp_path / "runner.db", EVENT_ID, "done")
+        row = wait_for_event(tmp_path, EVENT_ID, "done")
         assert server.stop(signal.SIGTERM) == 0
 
     assert row.attempts == 1
@@ -81,11 +81,11 @@ def test_a_kill_during_the_send_is_recovered_after_the_lease_with_one_email(
         double.wait_for(lambda: _replies(double), timeout=10)
         assert first.stop(signal.SIGKILL) == -signal.SIGKILL
 
-    held = wait_for_event(tmp_path / "runner.db", EVENT_ID, "running", timeout=1)
+    held = wait_for_event(tmp_path, EVENT_ID, "running", timeout=1)
     assert held.lease_owner is not None
 
     with serving(tmp_path, env) as second:
-        row = wait_for_event(tmp_path / "runner.db", EVENT_ID, "done", timeout=20)
+        row = wait_for_event(tmp_path, EVENT_ID, "done", timeout=20)
         # Both requests must have been answered before counting what was sent.
         double.wait_for(lambda: all(r.status is not None for r in _replies(double)))
         assert second.stop(signal.SIGTERM) == 0
