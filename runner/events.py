@@ -56,10 +56,10 @@ def parse_addresses(value: Any) -> tuple[Address, ...]:
     Strings go through the RFC 5322 parser of the ``email`` package, so a display name
     with a comma in quotes stays one address. Entries that hold no address are skipped.
     """
-    if value is None or value == "":
-        return ()
     if isinstance(value, str | Mapping):
         value = [value]
+    if not isinstance(value, list | tuple):
+        return ()  # null, a number: no address, not an error
     found: list[Address] = []
     for item in value:
         if isinstance(item, Mapping):
@@ -264,7 +264,8 @@ class Message:
 
     @property
     def labels(self) -> tuple[str, ...]:
-        return tuple(str(label) for label in self.raw.get("labels") or ())
+        raw = self.raw.get("labels")
+        return tuple(str(label) for label in raw) if isinstance(raw, list | tuple) else ()
 
     @property
     def headers(self) -> Mapping[str, str]:
@@ -276,7 +277,9 @@ class Message:
 
     @property
     def attachments(self) -> tuple[Attachment, ...]:
-        raw = self.raw.get("attachments") or ()
+        raw = self.raw.get("attachments")
+        if not isinstance(raw, list | tuple):
+            return ()
         return tuple(Attachment.from_payload(a) for a in raw if isinstance(a, Mapping))
 
     @property

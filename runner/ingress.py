@@ -119,16 +119,19 @@ def accept_delivery(
 ) -> tuple[str, str]:
     """Store an authentic delivery: ("accepted" | "duplicate" | "dead_letter", key).
 
-    A payload that cannot be used (not JSON, no event type) is still stored, as a dead
-    letter with the reason, and acknowledged: the sender would only send it again.
+    A payload that cannot be used (not JSON, no event type, an event id or type the
+    store cannot key on) is still stored, as a dead letter with the reason, and
+    acknowledged: the sender would only send it again.
     """
     payload, reason = _parse(body)
     event_id = str(payload.get("event_id") or "") if payload else ""
     event_type = str(payload.get("event_type") or "") if payload else ""
-    unfit = _unfit("event_id", event_id, 300) or _unfit("event_type", event_type, 200)
+    unfit = _unfit("event_id", event_id, _ID_CHARS) or _unfit(
+        "event_type", event_type, _TYPE_CHARS
+    )
     if unfit is not None:
         reason, event_id, event_type = reason or unfit, "", ""
-    if _unfit("svix-id", delivery_id, 300) is not None:
+    if _unfit("svix-id", delivery_id, _ID_CHARS) is not None:
         delivery_id = ""
     if event_id:
         key = event_id
@@ -162,6 +165,11 @@ def accept_delivery(
     return "accepted", key
 
 
+# The sizes of the store's event_id / delivery_id and event_type columns.
+_ID_CHARS = 300
+_TYPE_CHARS = 200
+
+
 def _unfit(name: str, value: str, limit: int) -> str | None:
     """Why a value read from a delivery cannot be stored as a key column, if it
     cannot: the store's columns are ``limit`` characters, and PostgreSQL refuses NUL."""
@@ -172,6 +180,25 @@ def _unfit(name: str, value: str, limit: int) -> str | None:
     return None
 
 
+# Far beyond any real payload; deep enough nesting would exhaust Python's stack in every
+# piece of code that walks the event, plugins included.
+MAX_DEPTH = 64
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether JSON ``value`` nests deeper than ``limit`` (walked without recursion)."""
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            pending.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            pending.extend((v, depth + 1) for v in item)
+    return False
+
+
 def _parse(body: bytes) -> tuple[dict[str, Any] | None, str | None]:
     try:
         payload = json.loads(body)
@@ -179,8 +206,12 @@ def _parse(body: bytes) -> tuple[dict[str, Any] | None, str | None]:
         return None, "the body is not UTF-8 text"
     except ValueError as exc:
         return None, f"the body is not JSON: {exc}"
+    except RecursionError:
+        return None, f"the body is JSON nested deeper than {MAX_DEPTH} levels"
     if not isinstance(payload, dict):
         return None, f"the body is JSON {type(payload).__name__}, not an object"
+    if _deeper_than(payload, MAX_DEPTH):
+        return None, f"the body is JSON nested deeper than {MAX_DEPTH} levels"
     if not payload.get("event_type"):
         return payload, "the payload has no event_type"
     return payload, None

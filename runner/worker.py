@@ -138,12 +138,18 @@ class Worker:
         except st.StoreUnavailable:
             raise
         except Exception as exc:  # a bug in the runner must not stop the worker
+            error = f"dispatch crashed: {exc!r}"
+            if row.attempts >= self.dispatcher.settings.max_attempts:
+                log.exception("event %s: dispatch crashed; dead letter", row.event_key)
+                self.store.bury(row.pk, self.owner, error)
+                self.metrics.events_finished.labels("dead").inc()
+                return
             log.exception("event %s: dispatch crashed", row.event_key)
             self.store.reschedule(
                 row.pk,
                 self.owner,
                 next_attempt_at=self.dispatcher.next_attempt_at(row.attempts),
-                error=f"dispatch crashed: {exc!r}",
+                error=error,
             )
             return
         if outcome.status == "lost":

@@ -303,3 +303,22 @@ def test_each_event_type_exposes_its_own_object(name: str, object_key: str) -> N
 def test_event_type_matching(event_type: str, pattern: str, matches: bool) -> None:
     assert matches_event_type(event_type, pattern) is matches
     assert Event({"event_type": event_type}).matches(pattern) is matches
+
+
+def test_fields_of_the_wrong_type_read_as_empty_not_as_errors() -> None:
+    event = Event(
+        {
+            "event_type": "message.received",
+            "message": {"from": 5, "to": 7, "labels": 3, "attachments": 1, "cc": None},
+        }
+    )
+    message = event.message
+    assert message is not None
+
+    assert message.sender is None
+    assert (message.to, message.cc, message.labels, message.attachments) == (
+        (),
+        (),
+        (),
+        (),
+    )

@@ -643,3 +643,24 @@ def test_every_shape_of_from_gets_a_reply_to_the_sender(
     assert sent.source_message_id == data["message"]["message_id"]
     assert sent.json["text"] == f"Dear {name} ({email})"
     assert rt.store.count_replies(since=0, recipient=email) == 1
+
+
+@pytest.mark.parametrize("depth", [100, 50_000])
+def test_json_nested_too_deep_is_acknowledged_and_kept_as_a_dead_letter(
+    make_runtime, depth
+):
+    rt = make_runtime()
+    body = (
+        '{"event_type": "message.received", "event_id": "deep", "message": '
+        + "[" * depth
+        + "]" * depth
+        + "}"
+    ).encode()
+
+    response = deliver(rt, body)
+
+    assert response.status_code == 200
+    assert response.get_json()["status"] == "dead_letter"
+    row = rt.store.get_event(response.get_json()["event"])
+    assert row is not None and row.status == "dead"
+    assert row.last_error == "the body is JSON nested deeper than 64 levels"

@@ -219,3 +219,33 @@ def test_a_worker_whose_lease_was_taken_over_cannot_finish_the_event(
     finished = rt.store.get_event(pk)
     assert finished is not None
     assert finished.status == DONE
+
+
+def test_an_event_that_crashes_dispatch_becomes_a_dead_letter_after_max_attempts(
+    make_runtime: RuntimeFactory,
+) -> None:
+    rt = make_runtime(max_attempts=2)
+    # Stored directly: the ingress refuses such nesting, an older release might not.
+    deep = "[" * 5000 + "]" * 5000
+    pk = rt.store.insert_event(
+        event_key="deep",
+        event_id="deep",
+        delivery_id=None,
+        event_type="message.received",
+        payload='{"event_type": "message.received", "message": ' + deep + "}",
+        scheme="test",
+    )
+    assert pk is not None
+
+    for _ in range(2):
+        row = rt.store.get_event(pk)
+        assert row is not None
+        if row.next_attempt_at > time.time():
+            time.sleep(row.next_attempt_at - time.time())
+        assert rt.new_worker().run_once()
+
+    row = rt.store.get_event(pk)
+    assert row is not None
+    assert row.status == "dead"
+    assert row.last_error is not None
+    assert row.last_error.startswith("dispatch crashed: RecursionError")
