@@ -146,6 +146,19 @@ class RunnerSettings(BaseModel):
             raise ValueError("listen is HOST:PORT, for example 127.0.0.1:3000")
         return value
 
+    @field_validator("api_key", "admin_token")
+    @classmethod
+    def _no_stray_whitespace(cls, value: SecretStr | None) -> SecretStr | None:
+        # A newline pasted with a key would end up in an HTTP header: every call would
+        # fail, and the error quoting the header would carry the key into the logs.
+        if value is not None and value.get_secret_value() != (
+            value.get_secret_value().strip()
+        ):
+            raise ValueError(
+                "has stray whitespace (a trailing newline?): copy it again without it"
+            )
+        return value
+
     @field_validator("admin_token")
     @classmethod
     def _admin_token_is_long(cls, value: SecretStr | None) -> SecretStr | None:
@@ -222,11 +235,14 @@ def load_config(
             "the file has [runner] and [plugins.NAME] tables"
         )
     runner_table = dict(data.get("runner", {}))
-    _apply_environment(runner_table, env)
+    from_environment = _apply_environment(runner_table, env)
     try:
         runner = RunnerSettings.model_validate(runner_table)
     except ValidationError as exc:
-        raise ConfigError(validation_message(exc, "[runner]")) from exc
+        message = validation_message(exc, "[runner]")
+        for key, variable in from_environment.items():
+            message = message.replace(f"[runner] {key}", variable)
+        raise ConfigError(message) from exc
 
     plugins = data.get("plugins", {})
     for name, table in plugins.items():
@@ -245,18 +261,28 @@ def load_config(
     return Config(runner=runner, plugins=dict(plugins), path=file_path)
 
 
-def _apply_environment(table: dict[str, Any], env: Mapping[str, str]) -> None:
-    if env.get(ENV_WEBHOOK_SECRET):
-        # Several secrets during a rotation, comma-separated: whsec_ values hold none.
-        table["webhook_secrets"] = env[ENV_WEBHOOK_SECRET].split(",")
-    if env.get(ENV_API_KEY):
-        table["api_key"] = env[ENV_API_KEY]
-    if env.get(ENV_BASE_URL):
-        table["api_base_url"] = env[ENV_BASE_URL]
-    if env.get(ENV_DATABASE):
-        table["database"] = env[ENV_DATABASE]
-    if env.get(ENV_ADMIN_TOKEN):
-        table["admin_token"] = env[ENV_ADMIN_TOKEN]
+# The [runner] keys that an environment variable overrides.
+_ENVIRONMENT = {
+    "webhook_secrets": ENV_WEBHOOK_SECRET,
+    "api_key": ENV_API_KEY,
+    "api_base_url": ENV_BASE_URL,
+    "database": ENV_DATABASE,
+    "admin_token": ENV_ADMIN_TOKEN,
+}
+
+
+def _apply_environment(table: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:
+    """Let the environment win; the keys it set, with the variable that set each."""
+    applied = {}
+    for key, variable in _ENVIRONMENT.items():
+        if env.get(variable):
+            value: Any = env[variable]
+            if key == "webhook_secrets":
+                # Several during a rotation, comma-separated: whsec_ values hold none.
+                value = value.split(",")
+            table[key] = value
+            applied[key] = variable
+    return applied
 
 
 _FIXES = {

@@ -298,3 +298,24 @@ def test_redact_shows_an_unset_secret_as_none() -> None:
         name: str = "x"
 
     assert redact(Settings()) == {"token": None, "name": "x"}
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("AGENTMAIL_API_KEY", "am_key\n"),
+        ("AGENTMAIL_RUNNER_ADMIN_TOKEN", " a-long-enough-admin-token"),
+    ],
+)
+def test_a_key_with_stray_whitespace_is_refused_naming_its_variable(
+    tmp_path: Path, variable: str, value: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(
+            tmp_path / "absent.toml" if False else None, environ={variable: value}
+        )
+
+    assert str(caught.value) == (
+        f"{variable}: Value error, has stray whitespace (a trailing newline?): "
+        "copy it again without it"
+    )
