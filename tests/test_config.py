@@ -308,12 +308,12 @@ def test_redact_shows_an_unset_secret_as_none() -> None:
     ],
 )
 def test_a_key_with_stray_whitespace_is_refused_naming_its_variable(
-    tmp_path: Path, variable: str, value: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str, value: str
 ) -> None:
+    monkeypatch.chdir(tmp_path)  # no plugins.toml: the defaults and the environment
+
     with pytest.raises(ConfigError) as caught:
-        load_config(
-            tmp_path / "absent.toml" if False else None, environ={variable: value}
-        )
+        load_config(None, environ={variable: value})
 
     assert str(caught.value) == (
         f"{variable}: Value error, has stray whitespace (a trailing newline?): "
