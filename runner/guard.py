@@ -96,7 +96,22 @@ class SendGuard:
         refusal = auto_reply_refusal(event, self.settings.no_reply_patterns)
         if refusal:
             return refusal
+        recipients = tuple(recipients)
+        refusal = self._unanswerable(event, recipients)
+        if refusal:
+            return refusal
         return self._over_cap(event, recipients)
+
+    def _unanswerable(self, event: Event, recipients: Iterable[str]) -> str | None:
+        """The sender may be fine while the reply goes elsewhere (Reply-To)."""
+        inbox = event.inbox_id.lower()
+        for recipient in recipients:
+            for address in parse_addresses(recipient):
+                if _is_no_reply(address, self.settings.no_reply_patterns):
+                    return f"{address.email} does not take replies"
+                if inbox and address.email.lower() == inbox:
+                    return f"the reply would go to this inbox itself ({address.email})"
+        return None
 
     def _over_cap(self, event: Event, recipients: Iterable[str]) -> str | None:
         now = self._clock()

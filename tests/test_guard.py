@@ -20,6 +20,7 @@ from runner import (
     hookimpl,
 )
 from runner.config import GuardSettings
+from runner.executor import reply_recipients
 from runner.guard import SendGuard, auto_reply_refusal, normalise_address
 from runner.store import DONE, PENDING
 from runner.testing.agentmail_double import AgentMailDouble
@@ -438,3 +439,28 @@ def test_a_message_sent_event_delivered_sends_no_email(
         "message.sent is our own outgoing mail: never answered"
     }
     assert [plugin for plugin, _ in rt.store.ledger_for(row.pk)] == ["careless"]
+
+
+@pytest.mark.parametrize(
+    ("reply_to", "reason"),
+    [
+        (["noreply@example.org"], "noreply@example.org does not take replies"),
+        (
+            ["Help Desk <helpdesk@agentmail.to>"],
+            "the reply would go to this inbox itself (helpdesk@agentmail.to)",
+        ),
+    ],
+)
+def test_a_reply_to_that_cannot_be_answered_stops_the_reply(
+    reply_to: list[str], reason: str
+) -> None:
+    payload = load_payload("message-received.json")
+    payload["message"]["reply_to"] = reply_to
+    event = Event(payload)
+    guard = SendGuard(GuardSettings(), count_replies=lambda **_: 0)
+
+    verdict = guard.check(
+        event, Reply(text="hi"), reply_recipients(event, Reply(text="hi"))
+    )
+
+    assert verdict == reason
