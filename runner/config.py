@@ -121,6 +121,8 @@ class RunnerSettings(BaseModel):
     workers: int = Field(default=2, ge=0, le=64)
     worker_nice: int = Field(default=10, ge=0, le=19)
     http_threads: int = Field(default=32, ge=1, le=256)
+    max_connections: int = Field(default=1000, ge=10)
+    connection_timeout_seconds: float = Field(default=30.0, gt=0)
     max_attempts: int = Field(default=8, ge=1)
     retry_base_seconds: float = Field(default=10.0, gt=0)
     retry_max_seconds: float = Field(default=3600.0, gt=0)

@@ -58,6 +58,11 @@ def make_server(rt: Runtime, *, host: str, port: int) -> Any:
         # It counts chunked framing (size lines, CRLFs) against this limit too, so it
         # gets headroom; the handler enforces the exact cap on the decoded body.
         max_request_body_size=2 * rt.settings.max_body_bytes + 65536,
+        # A few idle or trickling clients must not lock everyone out: many open
+        # connections allowed, and a silent one closed long before Svix's 15 s are
+        # up twice. A proxy in front (docs/deploy.md) is the defence in depth.
+        connection_limit=rt.settings.max_connections,
+        channel_timeout=rt.settings.connection_timeout_seconds,
         ident="agentmail-runner",
         clear_untrusted_proxy_headers=True,
     )

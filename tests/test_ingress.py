@@ -10,6 +10,7 @@ import io
 import json
 import logging
 import shutil
+import socket
 import threading
 import time
 import uuid
@@ -664,3 +665,29 @@ def test_json_nested_too_deep_is_acknowledged_and_kept_as_a_dead_letter(
     row = rt.store.get_event(response.get_json()["event"])
     assert row is not None and row.status == "dead"
     assert row.last_error == "the body is JSON nested deeper than 64 levels"
+
+
+def test_many_idle_half_sent_connections_do_not_lock_deliveries_out(
+    make_runtime, live_server
+):
+    rt = make_runtime(workers=0)
+    server = live_server(rt, workers=0)
+    port = int(server.url.rsplit(":", 1)[1])
+    idle = []
+    try:
+        for _ in range(150):  # past waitress's own default limit of 100
+            conn = socket.create_connection(("127.0.0.1", port), timeout=5)
+            conn.sendall(
+                b"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nx"
+            )
+            idle.append(conn)
+        body = json.dumps(load_payload("message-received.json")).encode()
+
+        response = httpx.post(
+            f"{server.url}/webhook", content=body, headers=sign(body), timeout=10
+        )
+
+        assert response.status_code == 200
+    finally:
+        for conn in idle:
+            conn.close()
