@@ -136,6 +136,20 @@ def _announce(rt: Any) -> None:
     if rt.dry_run:
         reason = "dry_run is set" if rt.settings.dry_run else "no AGENTMAIL_API_KEY"
         log.warning("DRY-RUN (%s): actions are recorded, nothing is sent", reason)
+        waiting = rt.store.count_by_status().get("pending", 0)
+        if waiting:
+            log.warning(
+                "%d event(s) waiting in this store will be finished in dry-run; "
+                "`agentmail-runner events retry ID` sends what they record later",
+                waiting,
+            )
+    if not rt.plugins.plugins:
+        where = rt.config.path if rt.config.path and rt.config.path.exists() else None
+        log.warning(
+            "no plugin is enabled (%s): events are stored and acknowledged, and "
+            "nothing acts on them",
+            f"none in {where}" if where else "no plugins.toml here; pass --config",
+        )
     if rt.settings.allow_unsigned_webhooks:
         log.warning(
             "allow_unsigned_webhooks is on: unsigned webhooks are accepted. "

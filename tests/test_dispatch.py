@@ -17,7 +17,13 @@ from runner.dispatch import backoff
 from runner.runtime import Runtime
 from runner.store import DONE, PENDING
 from runner.testing.agentmail_double import AgentMailDouble
-from tests.conftest import RuntimeFactory, load_payload, run_attempt, store_event
+from tests.conftest import (
+    RuntimeFactory,
+    deliver,
+    load_payload,
+    run_attempt,
+    store_event,
+)
 
 INBOX = "helpdesk@agentmail.to"
 
@@ -564,3 +570,28 @@ def test_an_event_goes_only_to_plugins_whose_subscription_matches(
     called = {name for name, plugin in subscribers.items() if plugin.calls}
     assert called == expected
     assert {plugin for plugin, _ in rt.store.ledger_for(pk)} == expected
+
+
+def test_what_a_dry_run_recorded_is_sent_once_by_a_later_retry(
+    make_runtime: RuntimeFactory, double: AgentMailDouble
+) -> None:
+    payload = load_payload("message-received.json")
+    seed_message(double, payload)
+    dry = make_runtime(dry_run=True)
+    deliver(dry, payload)
+    assert dry.drain() == 1
+    row = dry.store.get_event(payload["event_id"])
+    assert row is not None and row.status == DONE
+    [recorded] = dry.store.actions_for(row.pk)
+    assert recorded.status == "recorded"
+    assert double.sent == []
+
+    live = make_runtime()
+    assert live.store.retry_event(row.pk)
+    assert live.drain() == 1
+
+    [sent] = double.sent
+    assert sent.idempotency_key == recorded.idempotency_key
+    [action] = live.store.actions_for(row.pk)
+    assert action.status == "done"
+    assert not live.store.retry_event(row.pk)  # nothing is left to send

@@ -97,6 +97,26 @@ __all__ = [
 log = logging.getLogger("agentmail_runner.store")
 
 
+def _undo_dry_run(conn: Connection, event_pk: int, now: float) -> None:
+    """Plan again what a dry run only recorded, and reopen the calls that planned it."""
+    conn.execute(
+        actions.update()
+        .where(actions.c.event_pk == event_pk, actions.c.status == RECORDED)
+        .values(status=PLANNED)
+    )
+    replanned = sa.exists().where(
+        actions.c.event_pk == event_pk,
+        actions.c.plugin == ledger.c.plugin,
+        actions.c.stage == ledger.c.stage,
+        actions.c.status == PLANNED,
+    )
+    conn.execute(
+        ledger.update()
+        .where(ledger.c.event_pk == event_pk, ledger.c.status == "succeeded", replanned)
+        .values(status="acted", updated_at=now)
+    )
+
+
 class Store(StoreQueries):
     """All reads and writes of the runner's state."""
 
@@ -431,16 +451,23 @@ class Store(StoreQueries):
 
         The ledger is kept, so what succeeded is not repeated. Calls and actions that
         failed for good get another chance: whoever asks for a retry has presumably
-        fixed their cause. False when the event is neither dead nor failing.
+        fixed their cause. A finished event whose actions a dry run only recorded is
+        queued too, and those actions are executed. False for anything else.
         """
         now = time.time() if now is None else now
         failing = sa.and_(events.c.status == PENDING, events.c.last_error.is_not(None))
+        recorded = sa.and_(
+            events.c.status == DONE,
+            sa.exists().where(
+                actions.c.event_pk == events.c.id, actions.c.status == RECORDED
+            ),
+        )
         with self._tx(durable=True) as conn:
             result = conn.execute(
                 events.update()
                 .where(
                     events.c.id == event_pk,
-                    sa.or_(events.c.status == DEAD, failing),
+                    sa.or_(events.c.status == DEAD, failing, recorded),
                 )
                 .values(
                     status=PENDING, attempts=0, next_attempt_at=now, finished_at=None
@@ -460,6 +487,7 @@ class Store(StoreQueries):
                 .where(actions.c.event_pk == event_pk, actions.c.status == "rejected")
                 .values(status=FAILED)
             )
+            _undo_dry_run(conn, event_pk, now)
             self._notify(conn)
             return True
 
