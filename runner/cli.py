@@ -590,7 +590,7 @@ def events_show(state: State, ref: str, as_json: bool) -> None:
 
     store = _store(state)
     try:
-        row = store.get_event(ref.lstrip("#"))
+        row = store.get_event(ref)
         if row is None:
             _fail(f"no event {ref}", code=1)
         story = event_story(store, row)

@@ -265,7 +265,9 @@ class Message:
     @property
     def labels(self) -> tuple[str, ...]:
         raw = self.raw.get("labels")
-        return tuple(str(label) for label in raw) if isinstance(raw, list | tuple) else ()
+        return (
+            tuple(str(label) for label in raw) if isinstance(raw, list | tuple) else ()
+        )
 
     @property
     def headers(self) -> Mapping[str, str]:

@@ -95,7 +95,7 @@ class Picked(NamedTuple):
 def _named(store: Store, refs: Sequence[str]) -> list[Picked]:
     picked = []
     for ref in refs:
-        row = store.get_event(ref.lstrip("#"))
+        row = store.get_event(ref)
         if row is None:
             _fail(f"no event {ref}: name it by #number, event id or delivery id", 1)
         picked.append(Picked(row.pk, row.status))

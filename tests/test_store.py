@@ -330,3 +330,21 @@ def test_a_database_with_a_newer_schema_refuses_to_start(tmp_path: Path) -> None
     )
     with pytest.raises(StoreUnavailable, match=re.escape(message)):
         Store(path).close()
+
+
+def test_an_event_id_of_digits_is_found_as_an_event_id_and_a_hash_means_a_row(
+    tmp_path: Path,
+) -> None:
+    store = Store(database_for(tmp_path))
+    first = add_event(store, "evt-a")
+    second = add_event(store, str(first))  # an event whose id is "1" (or so)
+    assert first is not None and second is not None
+
+    by_id = store.get_event(str(first))
+    by_row = store.get_event(f"#{first}")
+    fallback = store.get_event(str(second))
+
+    assert by_id is not None and by_id.pk == second
+    assert by_row is not None and by_row.pk == first
+    assert fallback is not None and fallback.pk == second
+    store.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -33,20 +34,28 @@ class StoreQueries:
             return [(int(r.id), str(r.status)) for r in conn.execute(query).all()]
 
     def get_event(self, ref: str | int) -> EventRow | None:
-        """An event by its row number, event id, delivery id or stored key."""
-        query = sa.select(events)
-        if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
-            query = query.where(events.c.id == int(ref))
-        else:
-            query = query.where(
-                sa.or_(
-                    events.c.event_key == ref,
-                    events.c.event_id == ref,
-                    events.c.delivery_id == ref,
-                )
+        """An event by its row number (an int, or "#12"), else by its event id,
+        delivery id or stored key; digits alone that match none of those are taken
+        as a row number ("1" may well be an event id)."""
+        if isinstance(ref, int):
+            return self._event_where(events.c.id == ref)
+        if ref.startswith("#") and ref[1:].isdigit():
+            return self._event_where(events.c.id == int(ref[1:]))
+        found = self._event_where(
+            sa.or_(
+                events.c.event_key == ref,
+                events.c.event_id == ref,
+                events.c.delivery_id == ref,
             )
+        )
+        if found is None and ref.isdigit():
+            found = self._event_where(events.c.id == int(ref))
+        return found
+
+    def _event_where(self, condition: Any) -> EventRow | None:
+        query = sa.select(events).where(condition).order_by(events.c.id.desc()).limit(1)
         with self._read() as conn:
-            row = conn.execute(query.order_by(events.c.id.desc()).limit(1)).first()
+            row = conn.execute(query).first()
         return EventRow.from_row(row) if row is not None else None
 
     def list_events(
