@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from runner.actions import action_from_dict
+from runner.hookspecs import STAGES
 from runner.store import EventRow, Store
 
 __all__ = ["event_story", "format_story", "format_time"]
@@ -18,13 +19,20 @@ def format_time(ts: float | None) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+_STAGE_ORDER = {stage: index for index, stage in enumerate(STAGES)}
+
+
 def event_story(store: Store, row: EventRow) -> dict[str, Any]:
     """Everything the store knows about one event, JSON-ready."""
     try:
         payload: Any = json.loads(row.payload)
     except ValueError:
         payload = row.payload
-    ledger = store.ledger_for(row.pk)
+    # In the order the calls ran: stage by stage, and in order within a stage (the
+    # ledger's own order is that of writing, and calls with no action are written last).
+    calls = sorted(
+        store.ledger_for(row.pk).values(), key=lambda c: _STAGE_ORDER.get(c.stage, 9)
+    )
     return {
         "id": row.pk,
         "event_key": row.event_key,
@@ -48,7 +56,7 @@ def event_story(store: Store, row: EventRow) -> dict[str, Any]:
                 "duration_ms": c.duration_ms,
                 "data": c.data,
             }
-            for c in ledger.values()
+            for c in calls
         ],
         "actions": [
             {

@@ -49,3 +49,33 @@ def test_a_story_never_shows_endpoint_urls_or_tokens(make_runtime):
     # What is executed on a retry still has everything.
     [stored] = rt.store.actions_for(row.pk)
     assert stored.params["url"] == WEBHOOK_URL
+
+
+class Enricher:
+    @hookimpl
+    def subscriptions(self) -> list[str]:
+        return ["message.received"]
+
+    @hookimpl
+    def enrich(self, event: Event, context: Context) -> None:
+        context.put("seen", True)
+
+
+def test_a_story_lists_the_calls_in_the_order_they_ran(make_runtime):
+    # The enrich call plans nothing, so the ledger records it last, with the event's
+    # status; the route call planned an action and was recorded at once.
+    rt = make_runtime(
+        "[plugins.poster]\n[plugins.enricher]\n",
+        extra_plugins=(("poster", Poster()), ("enricher", Enricher())),
+        dry_run=True,
+    )
+    payload = load_payload("message-received.json")
+    deliver(rt, payload)
+    rt.drain()
+
+    story = event_story(rt.store, rt.store.get_event(payload["event_id"]))
+
+    assert [(c["plugin"], c["stage"]) for c in story["ledger"]] == [
+        ("enricher", "enrich"),
+        ("poster", "route"),
+    ]
