@@ -189,8 +189,8 @@ def events_retry(
 
     The ledger is kept: plugin calls that succeeded are not repeated and actions
     already done are not sent twice (the same idempotency keys are used). Calls and
-    actions that failed, for good or not, get another try. A running `serve` or
-    `worker` takes the events at once.
+    actions that failed, for good or not, get another try, and so do actions that a
+    dry run only recorded. A running `serve` or `worker` takes the events at once.
     """
     with _opened_store(state) as store:
         picked = _selection(store, refs, every, status, event_type)
