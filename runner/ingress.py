@@ -172,11 +172,16 @@ _TYPE_CHARS = 200
 
 def _unfit(name: str, value: str, limit: int) -> str | None:
     """Why a value read from a delivery cannot be stored as a key column, if it
-    cannot: the store's columns are ``limit`` characters, and PostgreSQL refuses NUL."""
+    cannot: the store's columns are ``limit`` characters, PostgreSQL refuses NUL, and
+    no database driver takes a lone surrogate."""
     if len(value) > limit:
         return f"the {name} is longer than {limit} characters"
     if "\x00" in value:
         return f"the {name} contains a NUL character"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, from an escape such as "\ud800"
+        return f"the {name} is not valid Unicode"
     return None
 
 

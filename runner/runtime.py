@@ -82,7 +82,13 @@ class Runtime:
         )
         self.store = store or Store(settings.database)
         self.committer = GroupCommitter(self.store)
-        self.plugins: PluginSet = load(config, extra=extra_plugins)
+        try:
+            self.plugins: PluginSet = load(config, extra=extra_plugins)
+        except BaseException:
+            # A plugin's bad configuration stops the start: leave no pool open.
+            if store is None:
+                self.store.close()
+            raise
         self._http = httpx.Client(timeout=settings.api_timeout_seconds)
         self.client = client if client is not None else make_client(config, self._http)
         wants_dry_run = settings.dry_run if dry_run is None else dry_run
