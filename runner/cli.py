@@ -612,9 +612,22 @@ def _add_operations() -> None:
 _add_operations()
 
 
+def _command_word(argv: list[str]) -> str | None:
+    """The command named on the command line, past the top-level options."""
+    words = iter(argv)
+    for word in words:
+        if word in ("--config", "--log-level"):
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
 def _register_plugin_commands() -> None:
     """Let enabled plugins add commands (for example `suppressions`)."""
     argv = sys.argv[1:]
+    if _command_word(argv) in cli.commands:
+        return  # a built-in command: `serve` loads the plugins once, for itself
     config_path = os.environ.get("AGENTMAIL_RUNNER_CONFIG")
     for i, arg in enumerate(argv):
         if arg == "--config" and i + 1 < len(argv):
