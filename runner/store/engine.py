@@ -43,6 +43,9 @@ def _make_engine(url: str) -> Engine:
         with _sqlite_lock:
             cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
+        # With foreign keys on, a write inside BEGIN keeps a statement journal; in
+        # memory, rather than in a new temporary file for every transaction.
+        cursor.execute("PRAGMA temp_store=MEMORY")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()
 

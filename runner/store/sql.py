@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -153,3 +154,32 @@ def _stored_version(conn: Connection) -> int | None:
         sa.select(schema_meta.c.value).where(schema_meta.c.key == "version")
     ).scalar()
     return None if found is None else int(found)
+
+
+def _insert_rows_sqlite(raw: Any, rows: list[dict[str, Any]]) -> list[tuple[str, int]]:
+    """Insert event rows durably on a pooled SQLite connection, in one statement; the
+    (event_key, id) of each row stored, none for keys already there.
+
+    One statement outside BEGIN is its own transaction, committed (with an fsync, at
+    synchronous=FULL) by the step that returns its last row. Inside BEGIN the same
+    insert would need a statement journal, which SQLite writes to a temporary file.
+    """
+    db = raw.driver_connection
+    if raw.info.get("synchronous") != "FULL":
+        db.execute("PRAGMA synchronous=FULL")
+        raw.info["synchronous"] = "FULL"
+    statement = _sqlite_insert(tuple(rows[0]), len(rows))
+    values = [value for row in rows for value in row.values()]
+    found: list[tuple[str, int]] = db.execute(statement, values).fetchall()
+    return found
+
+
+@functools.lru_cache(maxsize=256)
+def _sqlite_insert(columns: tuple[str, ...], count: int) -> str:
+    """One multi-row INSERT of ``count`` events, skipping keys already stored."""
+    row = "(" + ", ".join("?" * len(columns)) + ")"
+    return (
+        f"INSERT INTO {events.name} ({', '.join(columns)}) "
+        f"VALUES {', '.join([row] * count)} "
+        "ON CONFLICT (event_key) DO NOTHING RETURNING event_key, id"
+    )
