@@ -269,7 +269,8 @@ class Store(StoreQueries):
             stored = dict(self._insert_on_sqlite(rows))
         else:
             with self._tx(durable=True) as conn:
-                stored = dict(conn.execute(self._insert_events, rows).tuples())
+                found = conn.execute(self._insert_events, rows).all()
+                stored = {key: pk for key, pk in found}
                 if any(e.dead_reason is None and e.event_key in stored for e in batch):
                     self._notify(conn)
         result: list[int | None] = []
