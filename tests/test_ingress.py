@@ -11,6 +11,7 @@ import json
 import logging
 import shutil
 import socket
+import sqlite3
 import threading
 import time
 import uuid
@@ -20,14 +21,17 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
 from runner import Context, Event, hookimpl
 from runner.config import load_config
 from runner.ingress import create_app
 from runner.runtime import Runtime
+from runner.store import StoreUnavailable
 from runner.testing.agentmail_double import AgentMailDouble
 from runner.verify import Verifier
 from tests.conftest import (
+    ENGINE,
     SECRET,
     LiveServer,
     RuntimeFactory,
@@ -533,6 +537,31 @@ def test_a_store_that_is_gone_answers_503_with_retry_after(
     ready = create_app(rt).test_client().get("/readyz")
     assert ready.status_code == 503
     assert ready.get_json()["checks"]["store"].startswith("unavailable: ")
+
+
+@pytest.mark.skipif(ENGINE != "sqlite", reason="SQLite's write lock")
+def test_a_sqlite_store_locked_by_another_process_answers_503_not_500(
+    make_runtime: RuntimeFactory, tmp_path: Path
+) -> None:
+    database = tmp_path / "runner.db"
+    rt = make_runtime(database=str(database))
+
+    @sa.event.listens_for(rt.store.engine, "connect")
+    def _give_up_soon(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.execute("PRAGMA busy_timeout=50")
+
+    rt.store.engine.dispose()
+    other = sqlite3.connect(database, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process holds SQLite's write lock
+    try:
+        # The ingest's insert and a worker's BEGIN both reach the driver directly.
+        assert deliver(rt, _received()).status_code == 503
+        with pytest.raises(StoreUnavailable, match="database is locked"):
+            rt.store.claim("worker-1", 30)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert deliver(rt, _received()).status_code == 200
 
 
 def test_a_trailing_slash_is_served_not_redirected(

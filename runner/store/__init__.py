@@ -98,6 +98,19 @@ __all__ = [
 
 log = logging.getLogger("agentmail_runner.store")
 
+# What a store that cannot be reached raises: through SQLAlchemy, or from SQLite's
+# driver where the store calls it directly (the ingest insert, BEGIN).
+_UNAVAILABLE = (
+    sa.exc.OperationalError,
+    sa.exc.InterfaceError,
+    sqlite3.OperationalError,
+    sqlite3.InterfaceError,
+)
+
+
+def _unavailable(exc: BaseException) -> StoreUnavailable:
+    return StoreUnavailable(str(getattr(exc, "orig", None) or exc))
+
 
 def _undo_dry_run(conn: Connection, event_pk: int, now: float) -> None:
     """Plan again what a dry run only recorded, and reopen the calls that planned it."""
@@ -165,8 +178,8 @@ class Store(StoreQueries):
                 conn.execution_options(amr_durable=durable)
                 with conn.begin():
                     yield conn
-        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
-            raise StoreUnavailable(str(exc.orig)) from exc
+        except _UNAVAILABLE as exc:
+            raise _unavailable(exc) from exc
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
@@ -176,8 +189,8 @@ class Store(StoreQueries):
                 conn.execution_options(amr_read_only=True)
                 with conn.begin():
                     yield conn
-        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
-            raise StoreUnavailable(str(exc.orig)) from exc
+        except _UNAVAILABLE as exc:
+            raise _unavailable(exc) from exc
 
     def create_schema(self) -> None:
         """Create the tables, or upgrade an older schema in place; one transaction."""
@@ -293,10 +306,8 @@ class Store(StoreQueries):
                     return _insert_rows_sqlite(raw, rows)
                 finally:
                     raw.close()
-        except (sqlite3.OperationalError, sqlite3.InterfaceError) as exc:
-            raise StoreUnavailable(str(exc)) from exc
-        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
-            raise StoreUnavailable(str(exc.orig)) from exc
+        except _UNAVAILABLE as exc:
+            raise _unavailable(exc) from exc
 
     def _notify(self, conn: Connection) -> None:
         """Wake workers in other processes (PostgreSQL delivers it at commit)."""

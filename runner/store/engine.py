@@ -51,17 +51,20 @@ def _make_engine(url: str) -> Engine:
 
     @sa.event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
+        # Straight to the driver: these run before every transaction, and going
+        # through SQLAlchemy's execution path costs more than SQLite does.
         options = conn.get_execution_options()
+        db: Any = conn.connection.driver_connection
         if options.get("amr_read_only"):
-            conn.exec_driver_sql("BEGIN")
+            db.execute("BEGIN")
             return
         level = "FULL" if options.get("amr_durable") else "NORMAL"
         info = conn.connection.info
         if info.get("synchronous") != level:
-            conn.exec_driver_sql(f"PRAGMA synchronous={level}")
+            db.execute(f"PRAGMA synchronous={level}")
             info["synchronous"] = level
         # Take the write lock up front: two deferred transactions that both upgrade to
         # writers would otherwise fail with "database is locked" instead of waiting.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        db.execute("BEGIN IMMEDIATE")
 
     return engine
