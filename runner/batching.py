@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from runner.store import NewEvent, Store
@@ -34,9 +35,18 @@ class _Pending:
 class GroupCommitter:
     """Stores events submitted from many threads in shared transactions."""
 
-    def __init__(self, store: Store, *, max_batch: int = 128) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        max_batch: int = 128,
+        on_stored: Callable[[], None] | None = None,
+    ) -> None:
+        """``on_stored`` is called once per transaction that stored a new event to
+        be processed (to wake idle workers once, not once per event)."""
         self.store = store
         self.max_batch = max_batch
+        self._on_stored = on_stored
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -96,6 +106,11 @@ class GroupCommitter:
                 pending.error = exc
                 pending.done.release()
             return
+        if self._on_stored is not None and any(
+            pk is not None and p.event.dead_reason is None
+            for p, pk in zip(batch, pks, strict=True)
+        ):
+            self._on_stored()
         for pending, pk in zip(batch, pks, strict=True):
             pending.pk = pk
             pending.done.release()

@@ -162,7 +162,6 @@ def accept_delivery(
             "event %s: authentic but unusable, kept as a dead letter: %s", key, reason
         )
         return "dead_letter", key
-    rt.wakeup.notify()
     log.info("event %s %s: accepted (%s)", key, event_type, scheme)
     return "accepted", key
 

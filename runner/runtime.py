@@ -81,7 +81,8 @@ class Runtime:
             burst=settings.failed_verifications_burst,
         )
         self.store = store or Store(settings.database)
-        self.committer = GroupCommitter(self.store)
+        self.wakeup = Wakeup()
+        self.committer = GroupCommitter(self.store, on_stored=self.wakeup.notify)
         try:
             self.plugins: PluginSet = load(config, extra=extra_plugins)
         except BaseException:
@@ -112,7 +113,6 @@ class Runtime:
             api_client=self.client,
             timeouts=timeouts,
         )
-        self.wakeup = Wakeup()
         self.stop_event = threading.Event()
         self.workers: list[Worker] = []
         self._threads: list[threading.Thread] = []
