@@ -535,7 +535,12 @@ def _store(state: State) -> Any:
 
 
 @events.command("list")
-@click.option("--status", default=None, help="pending, running, done or dead.")
+@click.option(
+    "--status",
+    type=click.Choice(["pending", "running", "done", "dead"]),
+    default=None,
+    help="Only events in this state.",
+)
 @click.option("--type", "event_type", default=None, help="An event type.")
 @click.option("--limit", default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True)

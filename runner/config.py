@@ -313,7 +313,11 @@ def validation_message(exc: ValidationError, table: str, schema: Any = None) -> 
 def redact(value: Any) -> Any:
     """A JSON-ready copy of a configuration with every secret shown as ``'***'``."""
     if isinstance(value, BaseModel):
-        value = {name: getattr(value, name) for name in type(value).model_fields}
+        # Under the names plugins.toml uses ("any", not the attribute "any_").
+        value = {
+            field.alias or name: getattr(value, name)
+            for name, field in type(value).model_fields.items()
+        }
     if isinstance(value, SecretStr):
         return "***"
     if isinstance(value, Mapping):

@@ -596,6 +596,15 @@ def test_events_list_on_an_empty_store_says_so(tmp_path: Path) -> None:
     assert result.stdout == "no events\n"
 
 
+def test_events_list_refuses_a_status_that_does_not_exist(tmp_path: Path) -> None:
+    write_config(tmp_path)
+
+    result = invoke("events", "list", "--status", "bogus")
+
+    assert result.exit_code == 2
+    assert "'bogus' is not one of 'pending', 'running', 'done', 'dead'" in result.stderr
+
+
 def test_events_show_of_an_unknown_id_fails_clearly(tmp_path: Path) -> None:
     write_config(tmp_path)
 

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel, Field
 
 from runner.config import (
     Config,
@@ -298,6 +299,17 @@ def test_redact_shows_an_unset_secret_as_none() -> None:
         name: str = "x"
 
     assert redact(Settings()) == {"token": None, "name": "x"}
+
+
+def test_redact_shows_fields_under_the_names_the_file_uses() -> None:
+    class Rule(BaseModel):
+        any_: list[str] = Field(alias="any")
+        label: str = "billing"
+
+    assert redact(Rule.model_validate({"any": ["invoice"]})) == {
+        "any": ["invoice"],
+        "label": "billing",
+    }
 
 
 @pytest.mark.parametrize(
