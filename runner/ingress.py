@@ -206,10 +206,15 @@ def _deeper_than(value: Any, limit: int) -> bool:
 
 
 def _parse(body: bytes) -> tuple[dict[str, Any] | None, str | None]:
+    # UTF-8 only, as JSON on the wire must be (RFC 8259): json.loads would also take
+    # UTF-16 or UTF-32 bytes, which the store keeps as UTF-8 text and workers could
+    # then no longer read; a byte-order mark is refused by json.loads itself.
     try:
-        payload = json.loads(body)
+        text = body.decode("utf-8")
     except UnicodeDecodeError:
         return None, "the body is not UTF-8 text"
+    try:
+        payload = json.loads(text)
     except ValueError as exc:
         return None, f"the body is not JSON: {exc}"
     except RecursionError:

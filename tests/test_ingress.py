@@ -474,8 +474,28 @@ def test_unknown_fields_are_kept_in_the_stored_payload(
             b'{"event_type": "message.received", "x": "\xff\xfe"}',
             "the body is not UTF-8",
         ),
+        (
+            '{"event_type": "message.received"}'.encode("utf-16"),
+            "the body is not UTF-8",
+        ),
+        (
+            '{"event_type": "message.received"}'.encode("utf-32"),
+            "the body is not UTF-8",
+        ),
+        (
+            '{"event_type": "message.received"}'.encode("utf-8-sig"),
+            "the body is not JSON: Unexpected UTF-8 BOM",
+        ),
     ],
-    ids=["not-json", "json-array", "no-event-type", "not-utf8"],
+    ids=[
+        "not-json",
+        "json-array",
+        "no-event-type",
+        "not-utf8",
+        "utf16",
+        "utf32",
+        "bom",
+    ],
 )
 def test_an_authentic_payload_that_cannot_be_used_becomes_a_dead_letter(
     make_runtime: RuntimeFactory, double: AgentMailDouble, body: bytes, reason: str
