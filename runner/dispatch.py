@@ -9,7 +9,6 @@ context, and its recorded actions are executed again under the same idempotency 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import queue
@@ -25,7 +24,7 @@ from runner import store as st
 from runner.actions import Action, Reply, Send, action_from_dict
 from runner.context import AgentMailReader, Context, PluginState, SendProposal
 from runner.errors import PermanentError
-from runner.events import Event
+from runner.events import Event, parse_payload
 from runner.executor import ActionFailed, Executor, idempotency_key, reply_recipients
 from runner.guard import SendGuard, normalise_address
 from runner.hookspecs import STAGES
@@ -132,7 +131,7 @@ class Dispatcher:
         its claim; otherwise they are read here."""
         keep_lease = keep_lease or _always
         try:
-            event = Event(json.loads(row.payload), delivery_id=row.delivery_id or "")
+            event = Event(parse_payload(row.payload), delivery_id=row.delivery_id or "")
         except ValueError as exc:
             return Outcome("dead", [f"stored payload is not JSON: {exc}"])
 

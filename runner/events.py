@@ -9,6 +9,8 @@ included, so that a plugin can always reach what the runner did not model.
 from __future__ import annotations
 
 import fnmatch
+import json
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from email.headerregistry import HeaderRegistry
@@ -24,6 +26,7 @@ __all__ = [
     "html_to_text",
     "matches_event_type",
     "parse_addresses",
+    "parse_payload",
 ]
 
 _headers = HeaderRegistry()
@@ -363,3 +366,33 @@ def matches_event_type(event_type: str, pattern: str) -> bool:
     if pattern.endswith(".*") and "*" not in pattern[:-2]:
         return event_type.startswith(pattern[:-1])
     return fnmatch.fnmatchcase(event_type, pattern)
+
+
+# A \u escape of a UTF-16 surrogate: JSON allows one alone; no encoder can write it.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def parse_payload(text: str) -> Any:
+    """A stored payload as JSON, with every lone surrogate replaced by U+FFFD.
+
+    ``"\\ud800"`` without its pair is valid JSON but not text: plugins could read it,
+    and every write of what they derived from it (the ledger, an email, a log line)
+    would fail. Raises ValueError when ``text`` is not JSON.
+    """
+    value = json.loads(text)
+    if _SURROGATE_ESCAPE.search(text) is None:
+        return value
+    return _without_lone_surrogates(value)
+
+
+def _without_lone_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, list):
+        return [_without_lone_surrogates(v) for v in value]
+    if isinstance(value, dict):
+        return {
+            _without_lone_surrogates(k): _without_lone_surrogates(v)
+            for k, v in value.items()
+        }
+    return value

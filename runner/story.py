@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from runner.actions import action_from_dict
+from runner.events import parse_payload
 from runner.hookspecs import STAGES
 from runner.store import EventRow, Store
 
@@ -25,7 +26,7 @@ _STAGE_ORDER = {stage: index for index, stage in enumerate(STAGES)}
 def event_story(store: Store, row: EventRow) -> dict[str, Any]:
     """Everything the store knows about one event, JSON-ready."""
     try:
-        payload: Any = json.loads(row.payload)
+        payload: Any = parse_payload(row.payload)
     except ValueError:
         payload = row.payload
     # In the order the calls ran: stage by stage, and in order within a stage (the

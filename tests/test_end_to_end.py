@@ -70,3 +70,24 @@ def test_every_corpus_payload_through_a_live_server(make_runtime, double, live_s
     assert sorted(e.source_message_id for e in double.sent) == sorted(received)
     assert all(e.kind == "reply" for e in double.sent)
     assert rt.store.count_by_status() == {"done": len(PAYLOADS)}
+
+
+def test_a_lone_surrogate_escape_in_the_mail_becomes_a_replacement_character(
+    make_runtime, double
+):
+    # "\ud800" alone is valid JSON but not text: nothing derived from it could be
+    # written to the ledger or sent.
+    rt = make_runtime()
+    payload = load_payload("message-received.json")
+    payload["message"]["subject"] = "Invoice \ud800 question"
+    body = json.dumps(payload).encode()
+    assert b"\\ud800" in body
+
+    assert deliver(rt, body).get_json()["status"] == "accepted"
+    assert rt.drain() == 1
+
+    assert rt.store.get_event(payload["event_id"]).status == "done"
+    [email] = double.sent
+    assert email.json["text"] == (
+        "Thanks for your email about 'Invoice \ufffd question'."
+    )

@@ -36,7 +36,7 @@ from runner.dashboard.suppressions import (
     remove_suppression,
     suppressions_enabled,
 )
-from runner.events import Event
+from runner.events import Event, parse_payload
 from runner.store import DEAD, DONE, PENDING, RUNNING, EventRow, StoreUnavailable
 from runner.story import event_story, format_time
 
@@ -257,7 +257,7 @@ def events() -> str:
 def _summary(row: EventRow) -> str:
     """Who wrote about what, or which inbox the event concerns."""
     try:
-        payload = json.loads(row.payload)
+        payload = parse_payload(row.payload)
     except ValueError:
         return ""
     if not isinstance(payload, dict):
