@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 
 import click
 
-from runner.config import Config, ConfigError, load_config, redact
+from runner.config import MAX_PORT, Config, ConfigError, load_config, redact
 
 __all__ = ["main"]
 
@@ -129,6 +129,8 @@ def _listen(value: str | None, config: Config) -> tuple[str, int]:
     host, _, port = value.rpartition(":")
     if not port.isdigit():
         _fail(f"--listen {value}: write HOST:PORT, for example 127.0.0.1:3000")
+    if int(port) > MAX_PORT:
+        _fail(f"--listen {value}: the port must be at most {MAX_PORT}")
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
@@ -172,9 +174,9 @@ def serve(state: State, listen: str | None, workers: int | None, dry_run: bool) 
     """Receive webhooks and process them (web and workers in one process)."""
     from runner.server import serve as run_server
 
+    host, port = _listen(listen, state.config)
     rt = _runtime(state, dry_run=dry_run or None)
     _announce(rt)
-    host, port = _listen(listen, state.config)
     try:
         code = run_server(rt, host=host, port=port, workers=workers)
     except OSError as exc:
@@ -193,9 +195,9 @@ def web(state: State, listen: str | None) -> None:
     """Receive and store webhooks only; run `worker` processes to handle them."""
     from runner.server import serve as run_server
 
+    host, port = _listen(listen, state.config)
     rt = _runtime(state)
     _announce(rt)
-    host, port = _listen(listen, state.config)
     try:
         code = run_server(rt, host=host, port=port, workers=0)
     finally:

@@ -47,6 +47,10 @@ ENV_ADMIN_TOKEN = "AGENTMAIL_RUNNER_ADMIN_TOKEN"
 MIN_ADMIN_TOKEN_LENGTH = 16
 
 
+# TCP's highest port; 0 asks the system for a free one.
+MAX_PORT = 65535
+
+
 class ConfigError(Exception):
     """The configuration cannot be used; the message names the setting and the fix."""
 
@@ -146,6 +150,8 @@ class RunnerSettings(BaseModel):
         host, sep, port = value.rpartition(":")
         if not sep or not host or not port.isdigit():
             raise ValueError("listen is HOST:PORT, for example 127.0.0.1:3000")
+        if int(port) > MAX_PORT:
+            raise ValueError(f"listen: the port must be at most {MAX_PORT}")
         return value
 
     @field_validator("api_key", "admin_token")

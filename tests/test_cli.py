@@ -650,3 +650,21 @@ def test_a_plugin_command_missing_because_the_config_is_broken_says_why(
     assert result.returncode == 2
     assert "No such command 'route'." in result.stderr
     assert "the configuration does not load: [plugins.router] rules.0" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("listen", "problem"),
+    [
+        ("127.0.0.1:http", "write HOST:PORT, for example 127.0.0.1:3000"),
+        ("127.0.0.1:65536", "the port must be at most 65535"),
+    ],
+)
+def test_serve_refuses_a_listen_address_it_cannot_use_as_written(
+    tmp_path: Path, listen: str, problem: str
+) -> None:
+    write_config(tmp_path)
+
+    result = invoke("serve", "--listen", listen)
+
+    assert result.exit_code != 0
+    assert f"--listen {listen}: {problem}" in result.stderr

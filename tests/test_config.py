@@ -211,6 +211,14 @@ def test_a_bad_listen_address_is_named_with_an_example(
     )
 
 
+def test_a_port_beyond_65535_is_refused_rather_than_wrapped(tmp_path: Path) -> None:
+    message = config_error(tmp_path, '[runner]\nlisten = "127.0.0.1:99999"\n')
+
+    assert message == (
+        "[runner] listen: Value error, listen: the port must be at most 65535"
+    )
+
+
 def test_every_problem_in_the_runner_table_is_listed(tmp_path: Path) -> None:
     message = config_error(
         tmp_path, '[runner]\nlisten = "3000"\nworkers = "many"\nretention_hours = 1\n'
