@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 import warnings
 from collections.abc import Callable
 from types import FrameType
@@ -24,17 +25,15 @@ __all__ = ["serve", "work"]
 log = logging.getLogger("agentmail_runner")
 
 
-class _Stop(SystemExit):
-    """Raised in the main thread by the signal handler to end waitress's loop."""
-
-
 def _on_signal(stop: threading.Event) -> Callable[[int, FrameType | None], None]:
+    # Only a flag: the server's loop checks it between two turns. Raising from here
+    # would end the loop wherever it happened to be, for instance after a response
+    # was sent and before waitress noted it, which then sends it a second time.
     def handler(signum: int, _frame: FrameType | None) -> None:
         if stop.is_set():
             return
         stop.set()
         log.info("received %s, draining", signal.Signals(signum).name)
-        raise _Stop(0)
 
     return handler
 
@@ -84,6 +83,46 @@ def _one_write_per_response() -> dict[str, int]:
     return {"send_bytes": 18000} if hasattr(Adjustments, "send_bytes") else {}
 
 
+# How long the server's loop waits for sockets in one turn, and so how soon it sees
+# that a signal asked it to stop.
+_TURN_SECONDS = 0.1
+
+
+def _run_until(server: Any, stop: threading.Event) -> None:
+    """waitress's loop, one turn at a time, until ``stop`` is set."""
+    from waitress import wasyncore
+
+    while not stop.is_set():
+        wasyncore.loop(
+            timeout=_TURN_SECONDS,
+            map=server._map,
+            use_poll=server.adj.asyncore_use_poll,
+            count=1,
+        )
+
+
+def _send_finished_answers(server: Any, seconds: float = 2.0) -> None:
+    """Send the answers of the requests that finished while the server stopped.
+
+    On SIGTERM waitress's loop ends and its threads finish the requests in hand, but
+    sending what they wrote is the loop's job: without one more turn of it, an event
+    stored during the drain would never be acknowledged (the sender would only send it
+    again). No further request is read meanwhile.
+    """
+    from waitress import wasyncore
+    from waitress.channel import HTTPChannel
+
+    server.accepting = False
+    channels = [c for c in server._map.values() if isinstance(c, HTTPChannel)]
+    for channel in channels:
+        channel.will_close = True
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and any(
+        c.connected and c.total_outbufs_len for c in channels
+    ):
+        wasyncore.loop(timeout=0.05, map=server._map, count=1)
+
+
 def serve(rt: Runtime, *, host: str, port: int, workers: int | None = None) -> int:
     """Web and workers in one process until SIGTERM; the exit status."""
     stop = threading.Event()
@@ -98,10 +137,12 @@ def serve(rt: Runtime, *, host: str, port: int, workers: int | None = None) -> i
         " in DRY-RUN (no action is executed)" if rt.dry_run else "",
     )
     try:
-        server.run()
-    except _Stop:
-        pass
+        _run_until(server, stop)
     finally:
+        # The request threads finish what they hold; what is queued is dropped
+        # unanswered and unstored, and will be delivered again.
+        server.task_dispatcher.shutdown()
+        _send_finished_answers(server)
         server.close()
         in_time = rt.stop_workers()
         log.info(
@@ -120,10 +161,7 @@ def work(rt: Runtime, *, workers: int | None = None) -> int:
         "%d worker(s) started%s", len(rt.workers), " in DRY-RUN" if rt.dry_run else ""
     )
     try:
-        while not stop.wait(3600):
-            pass
-    except _Stop:
-        pass
+        stop.wait()
     finally:
         in_time = rt.stop_workers()
         log.info("stopped%s", "" if in_time else "; unfinished events released")

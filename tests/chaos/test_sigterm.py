@@ -5,7 +5,11 @@ which finishes it with one reply per event.
 
 from __future__ import annotations
 
+import http.client
+import itertools
+import json
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +32,7 @@ from tests.chaos.processes import (
     wait_until_done,
 )
 from tests.chaos.svix_sender import Stream, SvixSender
-from tests.conftest import SECRET, write_config
+from tests.conftest import SECRET, sign, write_config
 
 EVENTS = 300
 DRAIN_SECONDS = 2.0
@@ -134,3 +138,56 @@ def test_sigterm_while_replies_hang_past_the_grace_releases_them_and_exits_0_in_
         left = statuses(store)
         assert set(left.values()) <= {DONE, PENDING}, left
         _finish_after_restart(server, sending, store, double, payloads)
+
+
+def test_every_delivery_stored_before_sigterm_is_answered_200(
+    tmp_path: Path, double: AgentMailDouble
+) -> None:
+    config = write_config(tmp_path, runner={"workers": 0, "http_threads": 8})
+    server = RunnerProcess(tmp_path, runner_environment(double))
+    answered: set[str] = set()
+    mixed_up: list[str] = []
+    lock = threading.Lock()
+    go_on = threading.Event()
+    go_on.set()
+
+    def send(lane: int) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        try:
+            for index in itertools.count():
+                if not go_on.is_set():
+                    return
+                payload = received_event(f"lane{lane}", index)
+                body = body_of(payload)
+                connection.request("POST", "/webhook", body, sign(body))
+                response = connection.getresponse()
+                answer = response.read()
+                if response.status == 200:
+                    with lock:
+                        answered.add(payload["event_id"])
+                        # Its own answer, never an earlier request's sent again.
+                        if json.loads(answer)["event"] != payload["event_id"]:
+                            mixed_up.append(payload["event_id"])
+        except (OSError, http.client.HTTPException):
+            return  # the server went away under this connection
+        finally:
+            connection.close()
+
+    with cleanup(server) as stack:
+        server.start()
+        store = open_store(config)
+        stack.callback(store.close)
+        lanes = [threading.Thread(target=send, args=(i,)) for i in range(16)]
+        for lane in lanes:
+            lane.start()
+        wait_until(lambda: len(answered) >= 300, timeout=30, what="a stream")
+
+        assert _terminate(server) < DRAIN_SECONDS + EXIT_MARGIN
+        go_on.clear()
+        for lane in lanes:
+            lane.join(15)
+
+        stored = set(statuses(store))
+        assert mixed_up == []
+        assert answered <= stored
+        assert stored - answered == set()
