@@ -41,6 +41,7 @@ def create_app(rt: Runtime) -> Flask:
     app.extensions["agentmail_runner"] = rt
     # A trailing slash must not turn into a redirect: Svix counts 3xx as failure.
     app.url_map.strict_slashes = False
+    app.url_map.merge_slashes = False  # /webhook// is not found, not redirected
     app.register_blueprint(bp)
     if rt.settings.admin_token is not None:
         from runner.dashboard.views import blueprint as dashboard

@@ -60,6 +60,9 @@ def make_server(rt: Runtime, *, host: str, port: int) -> Any:
         # up twice. A proxy in front (docs/deploy.md) is the defence in depth.
         connection_limit=rt.settings.max_connections,
         channel_timeout=rt.settings.connection_timeout_seconds,
+        # waitress looks for idle connections every cleanup_interval (30 s by
+        # default), so one could stay open up to twice its timeout.
+        cleanup_interval=_cleanup_interval(rt.settings.connection_timeout_seconds),
         ident="agentmail-runner",
         clear_untrusted_proxy_headers=True,
         **_one_write_per_response(),
@@ -67,6 +70,11 @@ def make_server(rt: Runtime, *, host: str, port: int) -> Any:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "send_bytes", DeprecationWarning)
         return create_server(app, host=host, port=port, **options)
+
+
+def _cleanup_interval(timeout: float) -> int:
+    """How often to close idle connections: a tenth of the timeout (at least 1 s)."""
+    return max(1, round(timeout / 10))
 
 
 def _one_write_per_response() -> dict[str, int]:

@@ -597,6 +597,19 @@ def test_a_trailing_slash_is_served_not_redirected(
     assert response.get_json()["status"] == "accepted"
 
 
+def test_doubled_slashes_are_not_found_rather_than_redirected(
+    make_runtime: RuntimeFactory,
+) -> None:
+    rt = make_runtime()
+    body = _body(_received())
+
+    response = _post(rt, "/webhook//", body, sign(body))
+
+    assert response.status_code == 404
+    assert "Location" not in response.headers
+    assert rt.store.count_by_status() == {}
+
+
 @pytest.mark.parametrize("path", ["/webhook", "/webhook/"])
 def test_get_on_the_webhook_is_405_not_a_redirect(
     make_runtime: RuntimeFactory, path: str
@@ -740,3 +753,17 @@ def test_many_idle_half_sent_connections_do_not_lock_deliveries_out(
     finally:
         for conn in idle:
             conn.close()
+
+
+def test_an_idle_connection_is_closed_soon_after_its_timeout(make_runtime, live_server):
+    rt = make_runtime(workers=0, connection_timeout_seconds=1)
+    server = live_server(rt, workers=0)
+    port = int(server.url.rsplit(":", 1)[1])
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        opened = time.monotonic()
+        assert conn.recv(1) == b""  # closed by the server
+        idle_for = time.monotonic() - opened
+
+    # waitress's default sweep, every 30 s, left it open for up to twice as long.
+    assert 1 <= idle_for < 3
