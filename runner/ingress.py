@@ -127,8 +127,9 @@ def accept_delivery(
     acknowledged: the sender would only send it again.
     """
     payload, reason = _parse(body)
-    event_id = str(payload.get("event_id") or "") if payload else ""
-    event_type = str(payload.get("event_type") or "") if payload else ""
+    # Absent or null is "", any other value is checked as it is (0 is not absent).
+    event_id = _or_empty(payload.get("event_id")) if payload else ""
+    event_type = _or_empty(payload.get("event_type")) if payload else ""
     unfit = _unfit("event_id", event_id, _ID_CHARS) or _unfit(
         "event_type", event_type, _TYPE_CHARS
     )
@@ -172,10 +173,17 @@ _ID_CHARS = 300
 _TYPE_CHARS = 200
 
 
-def _unfit(name: str, value: str, limit: int) -> str | None:
+def _or_empty(value: Any) -> Any:
+    return "" if value is None else value
+
+
+def _unfit(name: str, value: Any, limit: int) -> str | None:
     """Why a value read from a delivery cannot be stored as a key column, if it
-    cannot: the store's columns are ``limit`` characters, PostgreSQL refuses NUL, and
-    no database driver takes a lone surrogate."""
+    cannot: it must be a string (not 7, true or a list turned into text), the store's
+    columns are ``limit`` characters, PostgreSQL refuses NUL, and no database driver
+    takes a lone surrogate."""
+    if not isinstance(value, str):
+        return f"the {name} is JSON {type(value).__name__}, not a string"
     if len(value) > limit:
         return f"the {name} is longer than {limit} characters"
     if "\x00" in value:

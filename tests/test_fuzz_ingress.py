@@ -296,20 +296,23 @@ def test_any_properly_signed_body_is_acknowledged_and_stored(
 
 
 def _usable(body: bytes) -> bool:
-    """Whether the runner can process the body: a JSON object with an event type,
-    whose event id and type fit the store (at most 300 and 200 characters, no NUL,
-    no lone surrogate)."""
+    """Whether the runner can process the body: UTF-8 JSON, an object with an event
+    type, whose event id and type are strings that fit the store (at most 300 and 200
+    characters, no NUL, no lone surrogate)."""
     try:
-        payload = json.loads(body)
+        payload = json.loads(body.decode("utf-8"))
     except (ValueError, RecursionError):
         return False
     if not isinstance(payload, dict) or not payload.get("event_type"):
         return False
-    fields = ((payload.get("event_id") or "", 300), (payload["event_type"], 200))
-    return all(_fits(str(value), limit) for value, limit in fields)
+    event_id = payload.get("event_id")
+    fields = (("" if event_id is None else event_id, 300), (payload["event_type"], 200))
+    return all(_fits(value, limit) for value, limit in fields)
 
 
-def _fits(value: str, limit: int) -> bool:
+def _fits(value: object, limit: int) -> bool:
+    if not isinstance(value, str):
+        return False
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:

@@ -486,6 +486,18 @@ def test_unknown_fields_are_kept_in_the_stored_payload(
             '{"event_type": "message.received"}'.encode("utf-8-sig"),
             "the body is not JSON: Unexpected UTF-8 BOM",
         ),
+        (
+            b'{"event_type": "message.received", "event_id": true}',
+            "the event_id is JSON bool, not a string",
+        ),
+        (
+            b'{"event_type": "message.received", "event_id": 0}',
+            "the event_id is JSON int, not a string",
+        ),
+        (
+            b'{"event_type": ["message.received"], "event_id": "evt-list"}',
+            "the event_type is JSON list, not a string",
+        ),
     ],
     ids=[
         "not-json",
@@ -495,6 +507,9 @@ def test_unknown_fields_are_kept_in_the_stored_payload(
         "utf16",
         "utf32",
         "bom",
+        "bool-id",
+        "zero-id",
+        "list-type",
     ],
 )
 def test_an_authentic_payload_that_cannot_be_used_becomes_a_dead_letter(
