@@ -177,6 +177,11 @@ def serve(state: State, listen: str | None, workers: int | None, dry_run: bool) 
     host, port = _listen(listen, state.config)
     rt = _runtime(state, dry_run=dry_run or None)
     _announce(rt)
+    if (rt.settings.workers if workers is None else workers) == 0:
+        log.warning(
+            "no worker: events are stored and acknowledged but not processed by this "
+            "process; run `agentmail-runner worker` on the same database"
+        )
     try:
         code = run_server(rt, host=host, port=port, workers=workers)
     except OSError as exc:

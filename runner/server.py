@@ -139,7 +139,7 @@ def serve(rt: Runtime, *, host: str, port: int, workers: int | None = None) -> i
     _install_handlers(stop)
     log.info(
         "listening on http://%s:%s/webhook with %d worker(s)%s",
-        host,
+        f"[{host}]" if ":" in host else host,
         server.effective_port,
         len(rt.workers),
         " in DRY-RUN (no action is executed)" if rt.dry_run else "",

@@ -289,6 +289,21 @@ def test_serve_without_an_api_key_says_it_runs_in_dry_run_and_stops_on_sigterm(
     assert "received SIGTERM, draining" in output
 
 
+def test_serve_with_no_worker_warns_that_nothing_will_be_processed(
+    tmp_path: Path,
+) -> None:
+    write_config(tmp_path, runner={"workers": 0})
+    env = runner_environment(AGENTMAIL_WEBHOOK_SECRET=SECRET)
+
+    with serving(tmp_path, env) as server:
+        assert server.stop(signal.SIGTERM) == 0
+
+    assert (
+        "no worker: events are stored and acknowledged but not processed by this "
+        "process; run `agentmail-runner worker` on the same database"
+    ) in server.output()
+
+
 def test_sigterm_lets_the_event_in_hand_finish_and_exits_0_within_the_grace(
     tmp_path: Path, double: AgentMailDouble
 ) -> None:
