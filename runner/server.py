@@ -112,10 +112,10 @@ def _run_until(server: Any, stop: threading.Event) -> None:
 def _send_finished_answers(server: Any, seconds: float = 2.0) -> None:
     """Send the answers of the requests that finished while the server stopped.
 
-    On SIGTERM waitress's loop ends and its threads finish the requests in hand, but
-    sending what they wrote is the loop's job: without one more turn of it, an event
-    stored during the drain would never be acknowledged (the sender would only send it
-    again). No further request is read meanwhile.
+    Once the loop has stopped, waitress's threads finish the requests in hand, but
+    sending what they wrote is the loop's job: without a few more turns of it, an
+    event stored during the drain would never be acknowledged (the sender would only
+    send it again). No further request is read meanwhile.
     """
     from waitress import wasyncore
     from waitress.channel import HTTPChannel
