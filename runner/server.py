@@ -96,17 +96,19 @@ def _one_write_per_response() -> dict[str, int]:
 _TURN_SECONDS = 0.1
 
 
-def _run_until(server: Any, stop: threading.Event) -> None:
-    """waitress's loop, one turn at a time, until ``stop`` is set."""
+def _turn(server: Any, timeout: float) -> None:
+    """One turn of waitress's loop: wait up to ``timeout`` for sockets, serve them."""
     from waitress import wasyncore
 
+    wasyncore.loop(
+        timeout=timeout, map=server._map, use_poll=server.adj.asyncore_use_poll, count=1
+    )
+
+
+def _run_until(server: Any, stop: threading.Event) -> None:
+    """waitress's loop, one turn at a time, until ``stop`` is set."""
     while not stop.is_set():
-        wasyncore.loop(
-            timeout=_TURN_SECONDS,
-            map=server._map,
-            use_poll=server.adj.asyncore_use_poll,
-            count=1,
-        )
+        _turn(server, _TURN_SECONDS)
 
 
 def _send_finished_answers(server: Any, seconds: float = 2.0) -> None:
@@ -117,7 +119,6 @@ def _send_finished_answers(server: Any, seconds: float = 2.0) -> None:
     event stored during the drain would never be acknowledged (the sender would only
     send it again). No further request is read meanwhile.
     """
-    from waitress import wasyncore
     from waitress.channel import HTTPChannel
 
     server.accepting = False
@@ -128,7 +129,7 @@ def _send_finished_answers(server: Any, seconds: float = 2.0) -> None:
     while time.monotonic() < deadline and any(
         c.connected and c.total_outbufs_len for c in channels
     ):
-        wasyncore.loop(timeout=0.05, map=server._map, count=1)
+        _turn(server, 0.05)
 
 
 def serve(rt: Runtime, *, host: str, port: int, workers: int | None = None) -> int:
