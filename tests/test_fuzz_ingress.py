@@ -65,11 +65,17 @@ def _huge(alphabet: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
 
 
 def _timestamps() -> st.SearchStrategy[str]:
-    now = int(time.time())
+    # Offsets from the clock read at draw time, not bounds read when the strategy is
+    # built: hypothesis replays a failing case with the same draws, and bounds that
+    # moved with the clock in between make it report the strategy itself as flaky.
+    def near_now(offset: int) -> str:
+        return str(int(time.time()) + offset)
+
     return st.one_of(
-        st.integers(now - 400, now + 400).map(str),
+        st.integers(-400, 400).map(near_now),
         st.integers(-(10**20), 10**20).map(str),
-        st.sampled_from(["", " ", "now", "1e9", "0x10", "١٢٣٤٥٦٧٨٩٠", f"{now}.5"]),
+        st.sampled_from(["", " ", "now", "1e9", "0x10", "١٢٣٤٥٦٧٨٩٠"]),
+        st.just(0).map(lambda offset: near_now(offset) + ".5"),
     )
 
 
