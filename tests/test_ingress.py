@@ -638,6 +638,89 @@ def test_get_on_the_webhook_is_405_not_a_redirect(
     assert "POST" in response.headers["Allow"]
 
 
+# -- the route in front of Flask's dispatch ---------------------------------------
+
+
+def _answers(app: Any, requests: list[tuple[bytes, dict[str, str]]]) -> list[Any]:
+    client = app.test_client()
+    answers = []
+    for body, headers in requests:
+        r = client.post(
+            "/webhook",
+            data=body,
+            headers=headers,
+            environ_base={"REMOTE_ADDR": "10.1.1.1"},
+        )
+        kept = {k: r.headers.get(k) for k in ("Content-Type", "Retry-After")}
+        answers.append((r.status_code, r.get_json(), kept))
+    return answers
+
+
+def test_the_flask_view_answers_every_case_as_the_route_in_front_of_it(
+    tmp_path: Path,
+) -> None:
+    accepted = _body(_received())
+    dead = b"not json"
+    large = _body(_received(text="x" * 4096))
+    forged = _body(_received())
+    requests = [
+        (accepted, sign(accepted, "msg_same")),
+        (accepted, sign(accepted, "msg_same")),  # a duplicate
+        (dead, sign(dead, "msg_dead")),
+        (large, sign(large)),  # 413
+        *[(forged, sign(b"other", "msg_forged"))] * 3,  # 401, 401, then 429
+    ]
+    settings = {
+        "webhook_secrets": [SECRET],
+        "max_body_bytes": 2048,
+        "failed_verifications_burst": 2,
+        "failed_verifications_per_minute": 1,
+    }
+    results = []
+    for name in ("front", "flask"):
+        directory = tmp_path / name
+        directory.mkdir()
+        rt = Runtime(load_config(write_config(directory, runner=settings), environ={}))
+        try:
+            app = create_app(rt)
+            if name == "flask":
+                app.wsgi_app = app.wsgi_app.app  # type: ignore[attr-defined]
+            results.append(_answers(app, requests))
+        finally:
+            rt.close()
+
+    front, flask = results
+    assert [code for code, _, _ in front] == [200, 200, 200, 413, 401, 401, 429]
+    assert [body.get("status") for _, body, _ in front[:3]] == [
+        "accepted",
+        "duplicate",
+        "dead_letter",
+    ]
+    assert front[-1][2]["Retry-After"] == "60"
+    assert flask == front
+
+
+def test_an_unexpected_failure_is_a_500_with_a_json_error_and_is_logged(
+    make_runtime: RuntimeFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rt = make_runtime()
+
+    def broken(*_args: Any, **_kwargs: Any) -> None:
+        raise RuntimeError("a bug in the store layer")
+
+    monkeypatch.setattr(rt.committer, "submit", broken)
+    caplog.set_level(logging.ERROR, logger="agentmail_runner")
+
+    response = deliver(rt, _received())
+
+    assert response.status_code == 500
+    assert response.get_json() == {"error": "internal error"}
+    assert "a bug in the store layer" in caplog.text
+    assert rt.store.count_by_status() == {}
+
+
 # -- rate limiting of failed verifications ----------------------------------------
 
 
