@@ -236,6 +236,25 @@ def test_a_plugin_past_its_time_budget_fails_and_the_others_run(
     assert [a.plugin for a in rt.store.actions_for(pk)] == ["first", "third"]
 
 
+def test_a_budget_meant_as_no_limit_lets_the_plugin_run(
+    make_runtime: RuntimeFactory, double: AgentMailDouble
+) -> None:
+    # 1e10 s is more than a thread can be told to wait for.
+    rt = make_runtime(
+        tables("first"),
+        extra_plugins=(("first", Labeller("first")),),
+        plugin_timeout_seconds=1e10,
+    )
+    payload = received_event()
+    seed_message(double, payload)
+    pk = store_event(rt, payload)
+
+    run_attempt(rt)
+
+    assert rt.store.ledger_for(pk)[("first", "act")].status == "succeeded"
+    assert labels_added(double) == ["first"]
+
+
 # -- enrichment flows forward ----------------------------------------------------------
 
 
