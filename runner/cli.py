@@ -533,8 +533,10 @@ def events() -> None:
 
 
 def _store(state: State) -> Any:
+    from runner.operations import require_store
     from runner.store import Store, StoreUnavailable
 
+    require_store(state.config.runner.database)
     try:
         return Store(state.config.runner.database)
     except StoreUnavailable as exc:

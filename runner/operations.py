@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from runner.config import Config
     from runner.store import EventRow, Store
 
-__all__ = ["add_commands", "hide_url_password"]
+__all__ = ["add_commands", "hide_url_password", "require_store"]
 
 _T = TypeVar("_T")
 
@@ -54,6 +54,20 @@ def _fail(message: str, code: int = 2) -> NoReturn:
     sys.exit(code)
 
 
+def require_store(database: str) -> None:
+    """Fail, creating nothing, when the SQLite store a command works on is missing."""
+    from runner.store import missing_file
+
+    path = missing_file(database)
+    if path is not None:
+        _fail(
+            f"no event store at {path}: nothing has been received with this "
+            "configuration yet. `agentmail-runner serve` creates it; or point "
+            "--config or AGENTMAIL_RUNNER_DATABASE at the store you mean",
+            code=1,
+        )
+
+
 def hide_url_password(value: str | None) -> str | None:
     """A URL with its password shown as ``***`` (a database URL in `config show`)."""
     if not value or "://" not in value:
@@ -73,6 +87,7 @@ def hide_url_password(value: str | None) -> str | None:
 def _opened_store(state: Any) -> Iterator[Store]:
     from runner.store import Store, StoreUnavailable
 
+    require_store(state.config.runner.database)
     try:
         store = Store(state.config.runner.database)
     except StoreUnavailable as exc:

@@ -604,11 +604,35 @@ def test_events_list_shows_stored_events_newest_first(tmp_path: Path) -> None:
 
 def test_events_list_on_an_empty_store_says_so(tmp_path: Path) -> None:
     write_config(tmp_path)
+    Store(database_for(tmp_path)).close()
 
     result = invoke("events", "list")
 
     assert result.exit_code == 0
     assert result.stdout == "no events\n"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("events", "list"),
+        ("events", "show", "#1"),
+        ("events", "retry", "#1"),
+        ("dlq", "list"),
+    ],
+)
+def test_a_command_on_a_store_that_does_not_exist_says_so_and_creates_nothing(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    # No plugins.toml: the default store, agentmail-runner.db here, was never made.
+    result = invoke(*command)
+
+    assert result.exit_code == 1
+    assert result.stderr.startswith(
+        f"error: no event store at {tmp_path / 'agentmail-runner.db'}: nothing has "
+        "been received with this configuration yet."
+    )
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_events_list_refuses_a_status_that_does_not_exist(tmp_path: Path) -> None:
@@ -622,6 +646,7 @@ def test_events_list_refuses_a_status_that_does_not_exist(tmp_path: Path) -> Non
 
 def test_events_show_of_an_unknown_id_fails_clearly(tmp_path: Path) -> None:
     write_config(tmp_path)
+    Store(database_for(tmp_path)).close()
 
     result = invoke("events", "show", "evt-that-never-came")
 

@@ -22,7 +22,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from runner.store.engine import _make_engine, database_url
+from runner.store.engine import _make_engine, database_url, sqlite_file
 from runner.store.queries import StoreQueries
 from runner.store.rows import (
     ActionRow,
@@ -93,6 +93,7 @@ __all__ = [
     "StoreUnavailable",
     "database_url",
     "metadata",
+    "missing_file",
     "schema_version",
 ]
 
@@ -130,6 +131,13 @@ def _undo_dry_run(conn: Connection, event_pk: int, now: float) -> None:
         .where(ledger.c.event_pk == event_pk, ledger.c.status == "succeeded", replanned)
         .values(status="acted", updated_at=now)
     )
+
+
+def missing_file(database: str) -> str | None:
+    """The file a SQLite database setting names, when there is none yet: commands
+    that only look at or change stored events say so rather than create it."""
+    path = sqlite_file(database_url(database))
+    return str(path.absolute()) if path is not None and not path.exists() else None
 
 
 class Store(StoreQueries):

@@ -21,6 +21,18 @@ def database_url(value: str) -> str:
     return f"sqlite:///{Path(value).expanduser()}"
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite database URL (None for another engine or in memory)."""
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (
+        None,
+        "",
+        ":memory:",
+    ):
+        return None
+    return Path(parsed.database)
+
+
 _sqlite_lock = threading.Lock()
 
 
