@@ -477,7 +477,10 @@ def config_check(state: State, serving: bool) -> None:
     from runner.loader import load
     from runner.verify import SecretError, Verifier
 
-    config = state.config
+    try:
+        config = load_config(state.config_path)
+    except ConfigError as exc:
+        _fail_config_check(exc)
     problems: list[str] = []
     if serving:
         try:
@@ -503,6 +506,25 @@ def config_check(state: State, serving: bool) -> None:
     click.echo(f"ok: {where}; plugins: {names}")
     if not config.api_key:
         click.echo("note: no AGENTMAIL_API_KEY, so serve runs in dry-run")
+
+
+def _fail_config_check(error: ConfigError) -> NoReturn:
+    """Report a configuration that does not load, with its plugins' own problems."""
+    from runner.config import RunnerSettings
+    from runner.loader import load
+
+    problems = [str(error)]
+    if error.plugins is not None:
+        # The plugins' settings do not depend on [runner]: check them on defaults.
+        fallback = Config(runner=RunnerSettings(), plugins=error.plugins)
+        try:
+            loaded = load(fallback, strict=False)
+            problems += [f"plugin {n} {e}" for n, e in loaded.failures.items()]
+        except ConfigError as exc:
+            problems.append(str(exc))
+    for problem in problems:
+        click.echo(f"error: {problem}", err=True)
+    sys.exit(1)
 
 
 @config_group.command("show")

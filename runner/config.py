@@ -52,7 +52,17 @@ MAX_PORT = 65535
 
 
 class ConfigError(Exception):
-    """The configuration cannot be used; the message names the setting and the fix."""
+    """The configuration cannot be used; the message names the setting and the fix.
+
+    ``plugins`` holds the file's plugin tables when the file could be read and they
+    are well formed, so that their own settings can still be checked.
+    """
+
+    def __init__(
+        self, message: str, plugins: dict[str, dict[str, Any]] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.plugins = plugins
 
 
 def resolve_secret_reference(value: Any) -> Any:
@@ -242,31 +252,38 @@ def load_config(
             f"{file_path}: unknown table(s) {', '.join(sorted(unknown))}: "
             "the file has [runner] and [plugins.NAME] tables"
         )
+    # Every problem at once, [runner] and plugin tables alike: one round of fixes.
+    problems: list[str] = []
     runner_table = dict(data.get("runner", {}))
     from_environment = _apply_environment(runner_table, env)
+    runner: RunnerSettings | None = None
     try:
         runner = RunnerSettings.model_validate(runner_table)
     except ValidationError as exc:
         message = validation_message(exc, "[runner]")
         for key, variable in from_environment.items():
             message = message.replace(f"[runner] {key}", variable)
-        raise ConfigError(message) from exc
+        problems.append(message)
 
-    plugins = data.get("plugins", {})
-    for name, table in plugins.items():
-        if not isinstance(table, dict):
-            raise ConfigError(f"[plugins.{name}] must be a table, not a value")
-        enabled = table.get("enabled", True)
-        if not isinstance(enabled, bool):
-            raise ConfigError(f"[plugins.{name}] enabled: write true or false")
-        budget = table.get("timeout_seconds", 1)
-        if isinstance(budget, bool) or not isinstance(budget, int | float):
-            budget = 0
-        if budget <= 0:
-            raise ConfigError(
-                f"[plugins.{name}] timeout_seconds: write a number of seconds above 0"
-            )
-    return Config(runner=runner, plugins=dict(plugins), path=file_path)
+    plugins = dict(data.get("plugins", {}))
+    malformed = [line for n, t in plugins.items() if (line := _table_problem(n, t))]
+    problems += malformed
+    if problems:
+        raise ConfigError("\n".join(problems), None if malformed else plugins)
+    assert runner is not None
+    return Config(runner=runner, plugins=plugins, path=file_path)
+
+
+def _table_problem(name: str, table: Any) -> str | None:
+    """What is wrong with a plugin table's runner keys, if anything."""
+    if not isinstance(table, dict):
+        return f"[plugins.{name}] must be a table, not a value"
+    if not isinstance(table.get("enabled", True), bool):
+        return f"[plugins.{name}] enabled: write true or false"
+    budget = table.get("timeout_seconds", 1)
+    if isinstance(budget, bool) or not isinstance(budget, int | float) or budget <= 0:
+        return f"[plugins.{name}] timeout_seconds: write a number of seconds above 0"
+    return None
 
 
 # The [runner] keys that an environment variable overrides.

@@ -542,6 +542,23 @@ def test_config_check_names_the_plugin_the_misspelled_key_and_the_fix(
     assert "templates" in line.rpartition("the keys are: ")[2].rstrip(")").split(", ")
 
 
+def test_config_check_names_plugin_problems_even_when_the_runner_table_is_wrong(
+    tmp_path: Path,
+) -> None:
+    write_config(
+        tmp_path,
+        runner={"workers": -1},
+        plugins='[plugins.autoresponder]\ntempltes = [{ to = "*", text = "Hi" }]\n',
+    )
+
+    result = invoke("config", "check", AGENTMAIL_WEBHOOK_SECRET=SECRET)
+
+    assert result.exit_code == 1
+    runner_line, plugin_line = result.stderr.splitlines()
+    assert runner_line.startswith("error: [runner] workers: ")
+    assert plugin_line.startswith("error: [plugins.autoresponder] templtes: ")
+
+
 def test_config_check_reports_a_missing_secret(tmp_path: Path) -> None:
     write_config(tmp_path)
 

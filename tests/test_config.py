@@ -262,6 +262,23 @@ def test_a_bad_plugin_table_is_named(tmp_path: Path, text: str, expected: str) -
     assert config_error(tmp_path, text) == expected
 
 
+def test_every_problem_is_named_at_once_runner_and_plugin_tables_alike(
+    tmp_path: Path,
+) -> None:
+    text = (
+        '[runner]\nworkers = "many"\n'
+        "[plugins]\nrouter = 1\n"
+        '[plugins.bounces]\nenabled = "no"\n'
+    )
+
+    assert config_error(tmp_path, text).splitlines() == [
+        "[runner] workers: Input should be a valid integer, unable to parse string "
+        "as an integer",
+        "[plugins.router] must be a table, not a value",
+        "[plugins.bounces] enabled: write true or false",
+    ]
+
+
 def test_plugin_tables_keep_file_order_and_enabled_false_disables(
     tmp_path: Path,
 ) -> None:
