@@ -340,7 +340,8 @@ class Dispatcher:
         new status; False when the lease turned out to be lost."""
         confirmed = False
         for index, action_row in enumerate(planned):
-            if action_row.status not in (st.PLANNED, st.FAILED):
+            # A reply left "sending" by a worker that died goes again, under its key.
+            if action_row.status not in (st.PLANNED, st.FAILED, st.SENDING):
                 if action_row.status == REJECTED:
                     outcome.errors.append(
                         f"{action_row.plugin}: {action_row.kind}: {action_row.error}"
@@ -386,6 +387,13 @@ class Dispatcher:
             error = f"a veto_send hook failed, so nothing was sent: {_describe(exc)}"
             outcome.errors.append(error)
             return self._record_action(row, action_row, st.FAILED, None, error)
+        if reason is None and isinstance(action, Reply):
+            # Last, as close to the send as can be: the caps, checked and reserved
+            # in one step, so that concurrent replies cannot all slip under one.
+            reason = self.store.reserve_reply(
+                action_row.pk,
+                lambda count: self.guard.over_cap(event, recipients, count),
+            )
         if reason is not None:
             return self._record_action(row, action_row, st.VETOED, None, reason)
         try:
@@ -400,7 +408,7 @@ class Dispatcher:
     def _veto(
         self, event: Event, action: Action, plugin: str, recipients: tuple[str, ...]
     ) -> str | None:
-        reason = self.guard.check(event, action, recipients)
+        reason = self.guard.rules(event, action, recipients)
         if reason is not None or not action.sends_email:
             return reason
         sender = action.inbox_id if isinstance(action, Send) else None

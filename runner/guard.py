@@ -87,6 +87,17 @@ class SendGuard:
     def check(
         self, event: Event, action: Action, recipients: Iterable[str]
     ) -> str | None:
+        """The rules, then the caps."""
+        recipients = tuple(recipients)
+        refusal = self.rules(event, action, recipients)
+        if refusal is None and isinstance(action, Reply):
+            refusal = self.over_cap(event, recipients)
+        return refusal
+
+    def rules(
+        self, event: Event, action: Action, recipients: Iterable[str]
+    ) -> str | None:
+        """Why RFC 3834 and the settings forbid this email, caps aside, or None."""
         if not action.sends_email:
             return None
         if event.event_type == "message.sent":
@@ -96,11 +107,7 @@ class SendGuard:
         refusal = auto_reply_refusal(event, self.settings.no_reply_patterns)
         if refusal:
             return refusal
-        recipients = tuple(recipients)
-        refusal = self._unanswerable(event, recipients)
-        if refusal:
-            return refusal
-        return self._over_cap(event, recipients)
+        return self._unanswerable(event, recipients)
 
     def _unanswerable(self, event: Event, recipients: Iterable[str]) -> str | None:
         """The sender may be fine while the reply goes elsewhere (Reply-To)."""
@@ -113,11 +120,19 @@ class SendGuard:
                     return f"the reply would go to this inbox itself ({address.email})"
         return None
 
-    def _over_cap(self, event: Event, recipients: Iterable[str]) -> str | None:
+    def over_cap(
+        self,
+        event: Event,
+        recipients: Iterable[str],
+        count_replies: Callable[..., int] | None = None,
+    ) -> str | None:
+        """Whether one more reply would go over a cap; ``count_replies`` counts the
+        replies already sent (the store's, by default)."""
+        count = count_replies or self._count_replies
         now = self._clock()
         s = self.settings
         if event.thread_id:
-            sent = self._count_replies(
+            sent = count(
                 since=now - s.thread_window_hours * 3600, thread_id=event.thread_id
             )
             if sent >= s.max_replies_per_thread:
@@ -126,7 +141,7 @@ class SendGuard:
                     f"{s.thread_window_hours:g} h (cap {s.max_replies_per_thread})"
                 )
         for recipient in recipients:
-            sent = self._count_replies(
+            sent = count(
                 since=now - s.sender_window_hours * 3600,
                 recipient=normalise_address(recipient),
             )

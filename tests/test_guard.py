@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from runner import (
     Action,
@@ -23,6 +24,7 @@ from runner.config import GuardSettings
 from runner.executor import reply_recipients
 from runner.guard import SendGuard, auto_reply_refusal, normalise_address
 from runner.store import DONE, PENDING
+from runner.store.schema import actions
 from runner.testing.agentmail_double import AgentMailDouble
 from tests.conftest import (
     TEMPLATES,
@@ -248,6 +250,62 @@ def test_replies_to_one_sender_stop_at_the_sender_cap(
     assert vetoed.error == (
         "2 automatic replies to Pat@Example.org in the last 24 h (cap 2)"
     )
+
+
+@pytest.mark.parametrize("cap", ["thread", "sender"])
+def test_workers_replying_at_the_same_time_stop_at_the_cap_together(
+    make_runtime: RuntimeFactory, double: AgentMailDouble, cap: str
+) -> None:
+    # Each reply takes a while inside AgentMail, so four workers are all between
+    # their check of the cap and the end of their send at once.
+    double.fail("POST", r"/reply$", status=None, delay=0.3, times=20)
+    rt = make_runtime(capped(max_replies_per_thread=2, max_replies_per_sender=2))
+    for n in range(8):
+        if cap == "thread":
+            payload = received_event(sender=f"p{n}@example.org", thread_id="thread-1")
+        else:
+            payload = received_event(thread_id=f"thread-{n}")
+        store_event(rt, payload)
+    rt.start_workers(4)
+
+    deadline = time.monotonic() + 20
+    while rt.store.count_by_status() != {DONE: 8}:
+        assert time.monotonic() < deadline, rt.store.count_by_status()
+        time.sleep(0.05)
+
+    assert len(double.sent) == 2
+    vetoed = [
+        a.error
+        for e in rt.store.list_events(limit=8)
+        for a in rt.store.actions_for(e.pk)
+        if a.status == "vetoed"
+    ]
+    assert len(vetoed) == 6
+    assert all("(cap 2)" in error for error in vetoed)
+
+
+def test_a_reply_a_dead_worker_left_sending_goes_once_and_under_its_own_cap(
+    make_runtime: RuntimeFactory, double: AgentMailDouble
+) -> None:
+    rt = make_runtime(capped(max_replies_per_thread=1))
+    double.fail("POST", r"/reply$", status=503, times=3)
+    pk = store_event(rt, received_event(thread_id="thread-1"))
+    run_attempt(rt)
+    [planned] = rt.store.actions_for(pk)
+    assert planned.status == "failed"
+    # What a worker killed between the reservation and the send leaves behind.
+    with rt.store.engine.begin() as conn:
+        conn.execute(
+            sa.update(actions)
+            .where(actions.c.id == planned.pk)
+            .values(status="sending", executed_at=time.time())
+        )
+    assert rt.store.count_replies(since=0, thread_id="thread-1") == 1
+
+    run_attempt(rt)
+
+    assert rt.store.actions_for(pk)[0].status == "done"
+    assert len(double.sent) == 1
 
 
 def test_replies_older_than_the_window_do_not_count(

@@ -15,7 +15,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -39,6 +39,7 @@ from runner.store.rows import (
     _ledger_row,
 )
 from runner.store.schema import (
+    _REPLY_CAPS_LOCK,
     _SCHEMA_LOCK,
     DEAD,
     DONE,
@@ -50,6 +51,7 @@ from runner.store.schema import (
     PLANNED,
     RECORDED,
     RUNNING,
+    SENDING,
     VETOED,
     actions,
     events,
@@ -80,6 +82,7 @@ __all__ = [
     "PLANNED",
     "RECORDED",
     "RUNNING",
+    "SENDING",
     "VETOED",
     "ActionRow",
     "EventRow",
@@ -138,6 +141,27 @@ def missing_file(database: str) -> str | None:
     that only look at or change stored events say so rather than create it."""
     path = sqlite_file(database_url(database))
     return str(path.absolute()) if path is not None and not path.exists() else None
+
+
+def _count_replies(
+    conn: Connection,
+    since: float,
+    thread_id: str | None,
+    recipient: str | None,
+    excluding: int | None = None,
+) -> int:
+    query = sa.select(sa.func.count()).where(
+        actions.c.kind == "reply",
+        actions.c.status.in_([EXECUTED, RECORDED, SENDING]),
+        actions.c.executed_at >= since,
+    )
+    if thread_id is not None:
+        query = query.where(actions.c.thread_id == thread_id)
+    if recipient is not None:
+        query = query.where(actions.c.recipient == recipient)
+    if excluding is not None:
+        query = query.where(actions.c.id != excluding)
+    return int(conn.execute(query).scalar() or 0)
 
 
 class Store(StoreQueries):
@@ -703,18 +727,46 @@ class Store(StoreQueries):
         thread_id: str | None = None,
         recipient: str | None = None,
     ) -> int:
-        """Replies sent (or recorded in dry-run) since a time, in a thread or to one."""
-        query = sa.select(sa.func.count()).where(
-            actions.c.kind == "reply",
-            actions.c.status.in_([EXECUTED, RECORDED]),
-            actions.c.executed_at >= since,
-        )
-        if thread_id is not None:
-            query = query.where(actions.c.thread_id == thread_id)
-        if recipient is not None:
-            query = query.where(actions.c.recipient == recipient)
+        """Replies sent, on their way, or recorded in dry-run since a time, in a
+        thread or to one recipient."""
         with self._read() as conn:
-            return int(conn.execute(query).scalar() or 0)
+            return _count_replies(conn, since, thread_id, recipient)
+
+    def reserve_reply(
+        self,
+        action_pk: int,
+        over_cap: Callable[[Callable[..., int]], str | None],
+        *,
+        now: float | None = None,
+    ) -> str | None:
+        """Check a reply against the caps and, when it passes, mark it as sending; one
+        check at a time across every worker and process, so that replies sent at the
+        same time cannot all pass a cap that only one more of them fits under.
+
+        ``over_cap`` is given ``count_replies`` (without this action) and returns why
+        the reply may not go, or None. Returns that reason.
+        """
+        now = time.time() if now is None else now
+        with self._tx(durable=True) as conn:
+            if self.dialect == "postgresql":
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_REPLY_CAPS_LOCK)))
+
+            def count(
+                *,
+                since: float,
+                thread_id: str | None = None,
+                recipient: str | None = None,
+            ) -> int:
+                return _count_replies(conn, since, thread_id, recipient, action_pk)
+
+            reason = over_cap(count)
+            if reason is None:
+                conn.execute(
+                    actions.update()
+                    .where(actions.c.id == action_pk)
+                    .values(status=SENDING, executed_at=now)
+                )
+            return reason
 
     # -- plugin state ----------------------------------------------------------
 

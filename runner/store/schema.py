@@ -17,6 +17,8 @@ NOTIFY_CHANNEL = "agentmail_runner_events"
 
 # An arbitrary constant: the advisory lock that serialises schema changes on PostgreSQL.
 _SCHEMA_LOCK = 0x616D72
+# Another: the one that serialises the reply caps' check-and-reserve.
+_REPLY_CAPS_LOCK = 0x616D7263
 
 
 def schema_version() -> int:
@@ -115,13 +117,15 @@ schema_meta = sa.Table(
 
 # Event statuses. "pending" waits for next_attempt_at; "running" holds a lease.
 PENDING, RUNNING, DONE, DEAD = "pending", "running", "done", "dead"
-# Action statuses.
-PLANNED, EXECUTED, FAILED, VETOED, RECORDED = (
+# Action statuses. "sending" is a reply that passed the caps and is on its way: it
+# counts against them until it is done (or, failed, no longer counts).
+PLANNED, EXECUTED, FAILED, VETOED, RECORDED, SENDING = (
     "planned",
     "done",
     "failed",
     "vetoed",
     "recorded",
+    "sending",
 )
 
 
