@@ -72,6 +72,17 @@ def finish(store: Store, key: str, *, at: float, dead: bool = False) -> int:
 # -- dedup -----------------------------------------------------------------------------
 
 
+def test_a_store_error_names_the_statement_but_not_the_values(store: Store) -> None:
+    marker = "Thanks for your email about the invoice"
+    with pytest.raises(sa.exc.DBAPIError) as raised, store.engine.connect() as conn:
+        conn.execute(
+            sa.text("SELECT * FROM no_such_table WHERE x = :text"), {"text": marker}
+        )
+
+    assert "no_such_table" in str(raised.value)
+    assert marker not in str(raised.value)
+
+
 def test_a_duplicate_event_key_is_not_stored_again(store: Store) -> None:
     first = add_event(store, "evt-1")
 

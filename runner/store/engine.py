@@ -37,14 +37,23 @@ _sqlite_lock = threading.Lock()
 
 
 def _make_engine(url: str) -> Engine:
+    # A database error names its statement but never its values: they hold message
+    # text, drafted replies and addresses, and such errors end up in the logs.
     if not url.startswith("sqlite"):
-        return sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        return sa.create_engine(
+            url,
+            pool_pre_ping=True,
+            pool_size=10,
+            max_overflow=20,
+            hide_parameters=True,
+        )
 
     engine = sa.create_engine(
         url,
         connect_args={"timeout": 30, "check_same_thread": False},
         pool_size=16,
         max_overflow=16,
+        hide_parameters=True,
     )
 
     @sa.event.listens_for(engine, "connect")
