@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 __all__ = [
@@ -45,6 +47,10 @@ ENV_WEBHOOK_SECRET = "AGENTMAIL_WEBHOOK_SECRET"
 ENV_DATABASE = "AGENTMAIL_RUNNER_DATABASE"
 ENV_ADMIN_TOKEN = "AGENTMAIL_RUNNER_ADMIN_TOKEN"
 MIN_ADMIN_TOKEN_LENGTH = 16
+# What a database URL may start with (a plain path is a SQLite file).
+_DATABASE_SCHEMES = frozenset(
+    ("sqlite", "postgres", "postgresql", "postgresql+psycopg")
+)
 
 
 # TCP's highest port; 0 asks the system for a free one.
@@ -159,10 +165,54 @@ class RunnerSettings(BaseModel):
     def _listen_has_port(cls, value: str) -> str:
         host, sep, port = value.rpartition(":")
         if not sep or not host or not port.isdigit():
-            raise ValueError("listen is HOST:PORT, for example 127.0.0.1:3000")
+            raise ValueError("write HOST:PORT, for example 127.0.0.1:3000")
         if int(port) > MAX_PORT:
-            raise ValueError(f"listen: the port must be at most {MAX_PORT}")
+            raise ValueError(f"the port must be at most {MAX_PORT}")
         return value
+
+    @field_validator("database")
+    @classmethod
+    def _a_store_the_runner_has(cls, value: str) -> str:
+        # Checked here rather than when serve first connects, which would fail with a
+        # traceback about a driver that is not installed.
+        scheme, sep, rest = value.partition("://")
+        in_memory = value.strip() in ("", ":memory:") or (
+            scheme.lower() == "sqlite" and rest in ("", "/", "/:memory:")
+        )
+        if in_memory:
+            raise ValueError(
+                "an in-memory store would lose every event when the process ends: "
+                "give a file path, such as agentmail-runner.db"
+            )
+        if sep and scheme.lower() not in _DATABASE_SCHEMES:
+            raise ValueError(
+                f"{scheme}:// is not a store the runner has: give a SQLite file path "
+                "or a postgresql:// URL (the runner connects to PostgreSQL with "
+                "psycopg 3)"
+            )
+        return value
+
+    @field_validator("api_base_url")
+    @classmethod
+    def _an_http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parts = urllib.parse.urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                "write the API's http(s) URL, such as https://api.agentmail.to"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _retries_grow_up_to_their_cap(self) -> RunnerSettings:
+        if self.retry_base_seconds > self.retry_max_seconds:
+            raise ValueError(
+                f"retry_base_seconds ({self.retry_base_seconds:g}) is more than "
+                f"retry_max_seconds ({self.retry_max_seconds:g}): the first retry "
+                "would wait longer than the longest wait"
+            )
+        return self
 
     @field_validator("api_key", "admin_token")
     @classmethod
@@ -182,7 +232,7 @@ class RunnerSettings(BaseModel):
     def _admin_token_is_long(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and len(value.get_secret_value()) < MIN_ADMIN_TOKEN_LENGTH:
             raise ValueError(
-                f"admin_token is shorter than {MIN_ADMIN_TOKEN_LENGTH} characters; "
+                f"is shorter than {MIN_ADMIN_TOKEN_LENGTH} characters; "
                 "generate one with: python3 -c "
                 "'import secrets; print(secrets.token_urlsafe(32))'"
             )
@@ -321,7 +371,8 @@ def validation_message(exc: ValidationError, table: str, schema: Any = None) -> 
     lines = []
     for error in exc.errors(include_url=False):
         key = ".".join(str(part) for part in error["loc"]) or "(table)"
-        problem = str(error["msg"])
+        # A validator's own message, without pydantic's "Value error, " before it.
+        problem = str(error["msg"]).removeprefix("Value error, ")
         fix = _FIXES.get(error["type"], "")
         if error["type"] == "extra_forbidden" and schema is not None:
             known = ", ".join(sorted(getattr(schema, "model_fields", {})))

@@ -109,6 +109,10 @@ _UNSIGNED: Final = Verified(scheme="unsigned", delivery_id="", timestamp=None)
 _HMAC: Final = Verified(scheme="hmac", delivery_id="", timestamp=None)
 
 
+# A plain secret (for X-AgentMail-Signature) shorter than this is refused.
+MIN_PLAIN_SECRET_LENGTH = 16
+
+
 def check_secret(value: str, setting: str) -> None:
     """Raise :class:`SecretError` if ``value`` cannot be a webhook secret.
 
@@ -126,6 +130,12 @@ def check_secret(value: str, setting: str) -> None:
             "copy the secret again without it"
         )
     if not value.startswith(_WHSEC_PREFIX):
+        if len(value) < MIN_PLAIN_SECRET_LENGTH:
+            raise SecretError(
+                f"{setting} is a plain secret of {len(value)} characters, fewer than "
+                f"{MIN_PLAIN_SECRET_LENGTH}: anyone could guess it. Use the endpoint's "
+                "whsec_ signing secret"
+            )
         return
     encoded = value[len(_WHSEC_PREFIX) :]
     try:

@@ -206,17 +206,13 @@ def test_a_bad_listen_address_is_named_with_an_example(
 ) -> None:
     message = config_error(tmp_path, f"[runner]\nlisten = {json.dumps(listen)}\n")
 
-    assert message == (
-        "[runner] listen: Value error, listen is HOST:PORT, for example 127.0.0.1:3000"
-    )
+    assert message == ("[runner] listen: write HOST:PORT, for example 127.0.0.1:3000")
 
 
 def test_a_port_beyond_65535_is_refused_rather_than_wrapped(tmp_path: Path) -> None:
     message = config_error(tmp_path, '[runner]\nlisten = "127.0.0.1:99999"\n')
 
-    assert message == (
-        "[runner] listen: Value error, listen: the port must be at most 65535"
-    )
+    assert message == ("[runner] listen: the port must be at most 65535")
 
 
 def test_every_problem_in_the_runner_table_is_listed(tmp_path: Path) -> None:
@@ -277,6 +273,73 @@ def test_every_problem_is_named_at_once_runner_and_plugin_tables_alike(
         "[plugins.router] must be a table, not a value",
         "[plugins.bounces] enabled: write true or false",
     ]
+
+
+@pytest.mark.parametrize(
+    ("database", "expected"),
+    [
+        (
+            ":memory:",
+            "[runner] database: an in-memory store would lose every event when the "
+            "process ends: give a file path, such as agentmail-runner.db",
+        ),
+        ("sqlite://", "[runner] database: an in-memory store would lose every event"),
+        (
+            "mysql://amr:hunter2@127.0.0.1/amr",
+            "[runner] database: mysql:// is not a store the runner has: give a SQLite "
+            "file path or a postgresql:// URL (the runner connects to PostgreSQL with "
+            "psycopg 3)",
+        ),
+        (
+            "postgresql+psycopg2://127.0.0.1/amr",
+            "[runner] database: postgresql+psycopg2:// is not a store the runner has",
+        ),
+    ],
+)
+def test_a_database_the_runner_cannot_use_is_refused_before_it_starts(
+    tmp_path: Path, database: str, expected: str
+) -> None:
+    message = config_error(tmp_path, f"[runner]\ndatabase = {json.dumps(database)}\n")
+
+    assert message.startswith(expected)
+    assert "hunter2" not in message
+
+
+@pytest.mark.parametrize(
+    "database",
+    [
+        "agentmail-runner.db",
+        "sqlite:///var/lib/amr/events.db",
+        "postgres://127.0.0.1/amr",
+        "postgresql://127.0.0.1/amr",
+        "postgresql+psycopg://127.0.0.1/amr",
+    ],
+)
+def test_the_stores_the_runner_has_are_accepted(tmp_path: Path, database: str) -> None:
+    config = load_text(tmp_path, f"[runner]\ndatabase = {json.dumps(database)}\n")
+
+    assert config.runner.database == database
+
+
+@pytest.mark.parametrize("url", ["not a url", "ftp://127.0.0.1/api", "https://"])
+def test_an_api_base_url_that_is_not_http_is_refused(tmp_path: Path, url: str) -> None:
+    message = config_error(tmp_path, f"[runner]\napi_base_url = {json.dumps(url)}\n")
+
+    assert message == (
+        "[runner] api_base_url: write the API's http(s) URL, such as "
+        "https://api.agentmail.to"
+    )
+
+
+def test_a_first_retry_longer_than_the_longest_is_refused(tmp_path: Path) -> None:
+    message = config_error(
+        tmp_path, "[runner]\nretry_base_seconds = 100\nretry_max_seconds = 1\n"
+    )
+
+    assert message == (
+        "[runner] (table): retry_base_seconds (100) is more than retry_max_seconds "
+        "(1): the first retry would wait longer than the longest wait"
+    )
 
 
 def test_plugin_tables_keep_file_order_and_enabled_false_disables(
@@ -353,6 +416,6 @@ def test_a_key_with_stray_whitespace_is_refused_naming_its_variable(
         load_config(None, environ={variable: value})
 
     assert str(caught.value) == (
-        f"{variable}: Value error, has stray whitespace (a trailing newline?): "
+        f"{variable}: has stray whitespace (a trailing newline?): "
         "copy it again without it"
     )

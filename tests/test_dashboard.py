@@ -348,7 +348,7 @@ def test_a_short_admin_token_is_refused_with_the_fix(tmp_path: Any) -> None:
         load_config(path, environ={})
 
     assert str(caught.value) == (
-        "[runner] admin_token: Value error, admin_token is shorter than 16 "
+        "[runner] admin_token: is shorter than 16 "
         "characters; generate one with: python3 -c "
         "'import secrets; print(secrets.token_urlsafe(32))'"
     )

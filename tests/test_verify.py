@@ -510,7 +510,7 @@ def test_sign_reproduces_the_reference_vector(verifier: Verifier) -> None:
 
 
 def test_sign_round_trips_with_a_plain_secret() -> None:
-    verifier = Verifier([PLAIN_SECRET, "second"])
+    verifier = Verifier([PLAIN_SECRET, "a-second-plain-secret"])
     headers = verifier.sign(b"\xff body", delivery_id="ignored")
     assert headers == {
         "X-AgentMail-Signature": agentmail_signature(PLAIN_SECRET, b"\xff body")
@@ -544,6 +544,11 @@ def test_sign_needs_a_delivery_id_for_svix(verifier: Verifier) -> None:
         ("whsec_abcde", "MY_SETTING starts with whsec_ but the rest is not valid"),
         ("whsec_YWJj-_", "MY_SETTING starts with whsec_ but the rest is not valid"),
         ("whsec_", "MY_SETTING is whsec_ with no key after it"),
+        (
+            "short",  # a plain secret, and a short one
+            "MY_SETTING is a plain secret of 5 characters, fewer than 16: anyone could "
+            "guess it. Use the endpoint's whsec_ signing secret",
+        ),
     ],
 )
 def test_check_secret_refuses(value: str, reason: str) -> None:
@@ -562,7 +567,7 @@ def test_check_secret_refuses(value: str, reason: str) -> None:
         "whsec_YWI",  # padding left off
         "whsec_YWI=",
         "any plain secret",
-        "whsec",  # not the prefix: a plain secret
+        "whsec-but-plain-secret",  # not the prefix: a plain secret
     ],
 )
 def test_check_secret_accepts(value: str) -> None:

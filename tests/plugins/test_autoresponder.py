@@ -742,7 +742,7 @@ def test_without_an_api_key_the_configuration_is_refused(make_runtime, model):
         (
             {},
             "[[plugins.autoresponder.personas]]\nsystem_prompt = 'x'\n",
-            "personas.0: Value error, a persona needs `to` (a recipient glob) or "
+            "personas.0: a persona needs `to` (a recipient glob) or "
             "`route` (a router route)",
         ),
         (
@@ -761,7 +761,7 @@ def test_without_an_api_key_the_configuration_is_refused(make_runtime, model):
         (
             {"base_url": "127.0.0.1:11434"},
             "",
-            "base_url: Value error, base_url is the server's API root, e.g. "
+            "base_url: base_url is the server's API root, e.g. "
             "http://127.0.0.1:11434/v1",
         ),
         (
