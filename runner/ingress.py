@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from flask import Blueprint, Flask, Response, current_app, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.datastructures import EnvironHeaders
+from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import get_content_length, get_input_stream
 
 from runner.dashboard.suppressions import count_suppressions, suppressions_enabled
@@ -58,8 +59,21 @@ def create_app(rt: Runtime) -> Flask:
         from runner.dashboard.views import blueprint as dashboard
 
         app.register_blueprint(dashboard)
+    app.register_error_handler(HTTPException, _error_as_json)
     app.wsgi_app = WebhookRoute(rt, app.wsgi_app)  # type: ignore[method-assign]
     return app
+
+
+def _error_as_json(error: HTTPException) -> Response | HTTPException:
+    """HTTP errors (404, 405, ...) in the webhook's JSON form; the dashboard's pages
+    keep their HTML ones."""
+    if request.path.startswith("/dashboard") or error.code is None:
+        return error
+    response = _json(error.code, error=error.description or error.name)
+    for name, value in error.get_headers():
+        if name.lower() != "content-type":
+            response.headers[name] = value
+    return response
 
 
 class Answer(NamedTuple):

@@ -638,6 +638,30 @@ def test_get_on_the_webhook_is_405_not_a_redirect(
     assert "POST" in response.headers["Allow"]
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "code"),
+    [
+        ("POST", "/webhook//", 404),
+        ("POST", "/WEBHOOK", 404),
+        ("GET", "/webhook", 405),
+        ("POST", "/healthz", 405),
+    ],
+)
+def test_http_errors_outside_the_dashboard_are_json(
+    make_runtime: RuntimeFactory, method: str, path: str, code: int
+) -> None:
+    rt = make_runtime()
+
+    response = create_app(rt).test_client().open(path, method=method)
+
+    assert response.status_code == code
+    assert response.mimetype == "application/json"
+    assert set(response.get_json()) == {"error"}
+    assert response.get_json()["error"]
+    if code == 405:
+        assert response.headers["Allow"]
+
+
 # -- the route in front of Flask's dispatch ---------------------------------------
 
 
