@@ -101,6 +101,9 @@ def load(
         else importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
     )
     by_name = {ep.name: ep for ep in found}
+    providers: dict[str, list[str]] = {}
+    for ep in found:
+        providers.setdefault(ep.name, []).append(_distribution(ep)[0] or ep.value)
     enabled = config.enabled_plugins()
     plugin_set = PluginSet(manager=new_manager())
     plugin_set.available = {ep.name: _distribution(ep)[0] for ep in found}
@@ -119,6 +122,16 @@ def load(
                 name,
                 "is configured in plugins.toml but not installed: install its "
                 f"package, or remove [plugins.{name}]",
+                strict,
+            )
+            continue
+        if len(providers[name]) > 1:
+            # Which one would run depends on the order the packages were installed in.
+            _fail(
+                plugin_set,
+                name,
+                "is provided by more than one installed package "
+                f"({', '.join(providers[name])}): uninstall all but one",
                 strict,
             )
             continue

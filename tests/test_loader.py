@@ -44,6 +44,26 @@ class Bare:
 # -- entry points that fail ------------------------------------------------------------
 
 
+def test_two_packages_providing_one_plugin_name_load_neither_and_say_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = configure(tmp_path, GREETER_TABLE)
+    impostor = EntryPoint(
+        "greeter", "tests.sample_plugins.exploding", ENTRY_POINT_GROUP
+    )
+
+    loaded = load(config, entry_points=[GREETER, impostor])
+
+    assert loaded.plugins == []
+    assert loaded.failures == {
+        "greeter": "is provided by more than one installed package "
+        "(tests.sample_plugins.greeter, tests.sample_plugins.exploding): "
+        "uninstall all but one"
+    }
+    with pytest.raises(PluginLoadError, match=r"^plugin greeter is provided by more"):
+        load(config, strict=True, entry_points=[GREETER, impostor])
+
+
 def test_an_entry_point_that_fails_to_import_is_reported_and_the_rest_load(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
