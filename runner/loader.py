@@ -102,8 +102,10 @@ def load(
     )
     by_name = {ep.name: ep for ep in found}
     providers: dict[str, list[str]] = {}
-    for ep in found:
-        providers.setdefault(ep.name, []).append(_distribution(ep)[0] or ep.value)
+    for entry in found:
+        providers.setdefault(entry.name, []).append(
+            _distribution(entry)[0] or entry.value
+        )
     enabled = config.enabled_plugins()
     plugin_set = PluginSet(manager=new_manager())
     plugin_set.available = {ep.name: _distribution(ep)[0] for ep in found}
