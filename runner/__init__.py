@@ -29,6 +29,7 @@ from runner.events import (
     Message,
     html_to_text,
     parse_addresses,
+    printable,
 )
 from runner.hookspecs import hookimpl
 
@@ -55,4 +56,5 @@ __all__ = [
     "hookimpl",
     "html_to_text",
     "parse_addresses",
+    "printable",
 ]

@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 import click
 
 from runner.config import MAX_PORT, Config, ConfigError, load_config, redact
+from runner.operations import LIMIT
 
 __all__ = ["main"]
 
@@ -55,9 +56,19 @@ def _setup_logging(level: str, json_lines: bool) -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+            _TerminalFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
         )
     logger.addHandler(handler)
+
+
+class _TerminalFormatter(logging.Formatter):
+    """Log lines with their control characters escaped: the event ids and errors in
+    them come from mail. A traceback, added after, keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        from runner.events import printable
+
+        return printable(super().formatMessage(record))
 
 
 class _RunnerGroup(click.Group):
@@ -269,7 +280,7 @@ def _delivery_id(body: bytes) -> str:
     """The same svix-id for the same event, as Svix keeps it across retries."""
     try:
         event_id = json.loads(body).get("event_id")
-    except (ValueError, AttributeError):
+    except (ValueError, RecursionError, AttributeError):
         event_id = None
     if event_id:
         return "msg_" + uuid.uuid5(uuid.NAMESPACE_URL, str(event_id)).hex
@@ -302,7 +313,9 @@ def _receive_remote(config: Config, url: str, body: bytes, delivery_id: str) -> 
 def _receive_local(
     state: State, body: bytes, delivery_id: str, *, dry_run: bool, as_json: bool
 ) -> None:
+    from runner.events import printable
     from runner.ingress import create_app
+    from runner.store import DEAD
     from runner.story import event_story, format_story
 
     config = state.config
@@ -342,6 +355,9 @@ def _receive_local(
                 click.echo(json.dumps(story, indent=2, default=str))
             else:
                 click.echo(format_story(story))
+            if row.status == DEAD:
+                reason = printable(row.last_error or "")
+                _fail(f"the event became a dead letter: {reason}", 1)
         finally:
             rt.close()
 
@@ -573,13 +589,14 @@ def _store(state: State) -> Any:
     help="Only events in this state.",
 )
 @click.option("--type", "event_type", default=None, help="An event type.")
-@click.option("--limit", default=50, show_default=True)
+@click.option("--limit", type=LIMIT, default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def events_list(
     state: State, status: str | None, event_type: str | None, limit: int, as_json: bool
 ) -> None:
     """The most recent events first."""
+    from runner.events import printable
     from runner.story import format_time
 
     store = _store(state)
@@ -611,8 +628,10 @@ def events_list(
     for r in rows:
         error = f"  {r.last_error[:60]}" if r.last_error else ""
         click.echo(
-            f"#{r.pk:<6} {format_time(r.received_at)}  {r.status:<8} "
-            f"{r.event_type or '-':<22} {r.event_key}{error}"
+            printable(
+                f"#{r.pk:<6} {format_time(r.received_at)}  {r.status:<8} "
+                f"{r.event_type or '-':<22} {r.event_key}{error}"
+            )
         )
 
 
@@ -622,11 +641,11 @@ def events_list(
 @click.pass_obj
 def events_show(state: State, ref: str, as_json: bool) -> None:
     """One event's story: REF is its #number, event id or delivery id."""
-    from runner.story import event_story, format_story
+    from runner.story import event_story, find_event, format_story
 
     store = _store(state)
     try:
-        row = store.get_event(ref)
+        row = find_event(store, ref)
         if row is None:
             _fail(f"no event {ref}", code=1)
         story = event_story(store, row)

@@ -19,14 +19,17 @@ from types import MappingProxyType
 from typing import Any
 
 __all__ = [
+    "MAX_DEPTH",
     "Address",
     "Attachment",
     "Event",
     "Message",
     "html_to_text",
     "matches_event_type",
+    "nested_too_deep",
     "parse_addresses",
     "parse_payload",
+    "printable",
 ]
 
 _headers = HeaderRegistry()
@@ -114,6 +117,22 @@ class _TextExtractor(HTMLParser):
     def handle_data(self, data: str) -> None:
         if not self._skipping:
             self.parts.append(data)
+
+
+# C0 (line breaks and tabs included), DEL and C1: what a terminal may take as a command.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print on a terminal: each control character shown as an
+    escape such as ``\\x1b``.
+
+    Subjects, addresses and event ids come from whoever sent the mail; printed raw,
+    an escape sequence in them could recolour the terminal, set its title or move the
+    cursor over what the operator reads. Line breaks are escaped too, so that a value
+    cannot pass for lines of its own.
+    """
+    return _CONTROL.sub(lambda found: f"\\x{ord(found[0]):02x}", text)
 
 
 def html_to_text(markup: str) -> str:
@@ -371,18 +390,48 @@ def matches_event_type(event_type: str, pattern: str) -> bool:
 # A \u escape of a UTF-16 surrogate: JSON allows one alone; no encoder can write it.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
+# The deepest nesting read, as at the ingress, which keeps deeper bodies as dead
+# letters: far beyond any real payload, and far from exhausting Python's stack in the
+# code that walks an event (freezing it, plugins, JSON encoders).
+MAX_DEPTH = 64
+
 
 def parse_payload(text: str) -> Any:
     """A stored payload as JSON, with every lone surrogate replaced by U+FFFD.
 
     ``"\\ud800"`` without its pair is valid JSON but not text: plugins could read it,
     and every write of what they derived from it (the ledger, an email, a log line)
-    would fail. Raises ValueError when ``text`` is not JSON.
+    would fail. Raises ValueError when ``text`` is not JSON or nests deeper than
+    ``MAX_DEPTH`` levels.
     """
-    value = json.loads(text)
+    too_deep = f"JSON nested deeper than {MAX_DEPTH} levels"
+    try:
+        value = json.loads(text)
+    except RecursionError as exc:  # the decoder gives up near a thousand levels
+        raise ValueError(too_deep) from exc
+    if nested_too_deep(text, value):
+        raise ValueError(too_deep)
     if _SURROGATE_ESCAPE.search(text) is None:
         return value
     return _without_lone_surrogates(value)
+
+
+def nested_too_deep(text: str, value: Any) -> bool:
+    """Whether ``value``, the JSON decoded from ``text``, nests deeper than
+    ``MAX_DEPTH`` levels (walked without recursion)."""
+    # Each level opens a bracket: a text with few of them needs no walk.
+    if text.count("{") + text.count("[") <= MAX_DEPTH:
+        return False
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if depth > MAX_DEPTH:
+            return True
+        if isinstance(item, dict):
+            pending.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            pending.extend((v, depth + 1) for v in item)
+    return False
 
 
 def _without_lone_surrogates(value: Any) -> Any:

@@ -27,6 +27,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import get_content_length, get_input_stream
 
 from runner.dashboard.suppressions import count_suppressions, suppressions_enabled
+from runner.events import MAX_DEPTH, nested_too_deep
 from runner.store import DEAD, DONE, PENDING, RUNNING, NewEvent, StoreUnavailable
 from runner.verify import VerificationError
 
@@ -286,25 +287,6 @@ def _unfit(name: str, value: Any, limit: int) -> str | None:
     return None
 
 
-# Far beyond any real payload; deep enough nesting would exhaust Python's stack in every
-# piece of code that walks the event, plugins included.
-MAX_DEPTH = 64
-
-
-def _deeper_than(value: Any, limit: int) -> bool:
-    """Whether JSON ``value`` nests deeper than ``limit`` (walked without recursion)."""
-    pending: list[tuple[Any, int]] = [(value, 1)]
-    while pending:
-        item, depth = pending.pop()
-        if depth > limit:
-            return True
-        if isinstance(item, dict):
-            pending.extend((v, depth + 1) for v in item.values())
-        elif isinstance(item, list):
-            pending.extend((v, depth + 1) for v in item)
-    return False
-
-
 def _parse(body: bytes) -> tuple[dict[str, Any] | None, str | None]:
     # UTF-8 only, as JSON on the wire must be (RFC 8259): json.loads would also take
     # UTF-16 or UTF-32 bytes, which the store keeps as UTF-8 text and workers could
@@ -321,9 +303,7 @@ def _parse(body: bytes) -> tuple[dict[str, Any] | None, str | None]:
         return None, f"the body is JSON nested deeper than {MAX_DEPTH} levels"
     if not isinstance(payload, dict):
         return None, f"the body is JSON {type(payload).__name__}, not an object"
-    # Each level opens a bracket: a body with few of them needs no walk.
-    shallow = body.count(b"{") + body.count(b"[") <= MAX_DEPTH
-    if not shallow and _deeper_than(payload, MAX_DEPTH):
+    if nested_too_deep(text, payload):
         return None, f"the body is JSON nested deeper than {MAX_DEPTH} levels"
     if not payload.get("event_type"):
         return payload, "the payload has no event_type"

@@ -31,12 +31,16 @@ if TYPE_CHECKING:
     from runner.config import Config
     from runner.store import EventRow, Store
 
-__all__ = ["add_commands", "hide_url_password", "require_store"]
+__all__ = ["LIMIT", "add_commands", "hide_url_password", "require_store"]
 
 _T = TypeVar("_T")
 
 # Bulk operations from this many events on show a progress bar.
 PROGRESS_FROM = 2
+
+# How many events a listing may ask for: the engines refuse a negative or a huge
+# LIMIT (SQLite takes a negative one as none at all), and 0 would list nothing.
+LIMIT = click.IntRange(1, 10_000)
 
 
 def add_commands(cli: click.Group, events: click.Group) -> None:
@@ -108,9 +112,11 @@ class Picked(NamedTuple):
 
 
 def _named(store: Store, refs: Sequence[str]) -> list[Picked]:
+    from runner.story import find_event
+
     picked = []
     for ref in refs:
-        row = store.get_event(ref)
+        row = find_event(store, ref)
         if row is None:
             _fail(f"no event {ref}: name it by #number, event id or delivery id", 1)
         picked.append(Picked(row.pk, row.status))
@@ -148,6 +154,40 @@ def _progress(items: Sequence[_T], label: str) -> Iterator[Iterable[_T]]:
 
 def _numbers(rows: Iterable[Any]) -> str:
     return ", ".join(f"#{pk}" for pk in rows)
+
+
+def _processable(
+    store: Store, picked: Sequence[Picked], *, explicit: bool, doing: str
+) -> list[Picked]:
+    """The events a plugin can process; named events that none can stop the command
+    before anything is done, and selected ones are skipped, saying so."""
+    from runner.events import printable
+    from runner.store import DEAD
+    from runner.story import why_unusable
+
+    usable, unusable = [], []
+    for event in picked:
+        row = store.get_event(event.pk)
+        reason = why_unusable(row) if row is not None else None
+        if reason is None:
+            usable.append(event)
+            continue
+        unusable.append(event.pk)
+        if explicit:
+            drop = f"; `agentmail-runner dlq drop #{event.pk}` deletes it"
+            click.echo(
+                f"error: event #{event.pk} cannot be {doing}: no plugin can process "
+                f"it ({printable(reason)})" + (drop if event.status == DEAD else ""),
+                err=True,
+            )
+    if unusable and explicit:
+        sys.exit(1)
+    if unusable:
+        click.echo(
+            f"skipped {len(unusable)} event(s) that no plugin can process: "
+            f"{_numbers(unusable)}"
+        )
+    return usable
 
 
 # -- events retry / replay -----------------------------------------------------
@@ -209,6 +249,7 @@ def events_retry(
     """
     with _opened_store(state) as store:
         picked = _selection(store, refs, every, status, event_type)
+        picked = _processable(store, picked, explicit=bool(refs), doing="retried")
         _retry(picked, store, explicit=bool(refs))
 
 
@@ -256,6 +297,7 @@ def events_replay(
                     err=True,
                 )
             sys.exit(1)
+        finished = _processable(store, finished, explicit=bool(refs), doing="replayed")
         if not finished:
             click.echo("no finished event selected; nothing replayed")
             return
@@ -288,11 +330,12 @@ def dlq() -> None:
 
 @dlq.command("list")
 @click.option("--type", "event_type", default=None, help="An event type.")
-@click.option("--limit", default=50, show_default=True)
+@click.option("--limit", type=LIMIT, default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def dlq_list(state: Any, event_type: str | None, limit: int, as_json: bool) -> None:
     """The most recent dead letters first, with the reason each one died."""
+    from runner.events import printable
     from runner.story import format_time
 
     with _opened_store(state) as store:
@@ -304,10 +347,12 @@ def dlq_list(state: Any, event_type: str | None, limit: int, as_json: bool) -> N
         click.echo("no dead letters")
     for r in rows:
         click.echo(
-            f"#{r.pk:<6} {format_time(r.finished_at)}  {r.event_type or '-':<22} "
-            f"{r.event_key}"
+            printable(
+                f"#{r.pk:<6} {format_time(r.finished_at)}  {r.event_type or '-':<22} "
+                f"{r.event_key}"
+            )
         )
-        click.echo(f"        {r.last_error or '(no reason recorded)'}")
+        click.echo(printable(f"        {r.last_error or '(no reason recorded)'}"))
 
 
 def _dead_letter(row: EventRow) -> dict[str, Any]:
@@ -344,7 +389,9 @@ def dlq_retry(
     """Queue dead letters again; only what did not succeed runs again."""
     with _opened_store(state) as store:
         picked = _selection(store, refs, every, "dead", event_type)
-        _retry(_dead_only(picked, bool(refs)), store, explicit=bool(refs))
+        dead = _dead_only(picked, bool(refs))
+        dead = _processable(store, dead, explicit=bool(refs), doing="retried")
+        _retry(dead, store, explicit=bool(refs))
 
 
 @dlq.command("drop")

@@ -6,12 +6,28 @@ import datetime as dt
 import json
 from typing import Any
 
-from runner.actions import action_from_dict
-from runner.events import parse_payload
-from runner.hookspecs import STAGES
-from runner.store import EventRow, Store
+from sqlalchemy.exc import DataError
 
-__all__ = ["event_story", "format_story", "format_time"]
+from runner.actions import action_from_dict
+from runner.events import parse_payload, printable
+from runner.hookspecs import STAGES
+from runner.store import DEAD, EventRow, Store
+
+__all__ = [
+    "MAX_EVENT_NUMBER",
+    "event_story",
+    "find_event",
+    "format_story",
+    "format_time",
+    "why_unusable",
+]
+
+# Events are numbered by 64-bit signed integers on both engines (SQLite's INTEGER
+# key, PostgreSQL's BIGINT): a larger number names no event.
+MAX_EVENT_NUMBER = 2**63 - 1
+
+# How much of a payload that cannot be read is shown: enough to see what it is.
+RAW_PAYLOAD_CHARS = 1000
 
 
 def format_time(ts: float | None) -> str:
@@ -23,12 +39,58 @@ def format_time(ts: float | None) -> str:
 _STAGE_ORDER = {stage: index for index, stage in enumerate(STAGES)}
 
 
+def find_event(store: Store, ref: str) -> EventRow | None:
+    """The event ``ref`` names (#number, event id or delivery id), if there is one.
+
+    A number that no event can have is found nowhere, rather than handed to the
+    store, whose engines refuse it."""
+    number = ref.removeprefix("#")
+    if not number.isdigit() or _is_event_number(number):
+        return store.get_event(ref)
+    if number != ref:
+        return None
+    # Digits alone are an event id first: the store fails only when it then tries
+    # them as a number.
+    try:
+        return store.get_event(ref)
+    except (OverflowError, ValueError, DataError):
+        return None
+
+
+def _is_event_number(digits: str) -> bool:
+    return digits.isascii() and int(digits) <= MAX_EVENT_NUMBER
+
+
+def why_unusable(row: EventRow) -> str | None:
+    """Why no plugin can ever process an event, if none can.
+
+    A dead letter that never had an attempt is one the ingress found unusable (not
+    JSON, no event type, an id it cannot key on): its last error says why. Any other
+    event is judged by its stored payload.
+    """
+    if row.status == DEAD and row.attempts == 0:
+        return row.last_error or "the ingress found the payload unusable"
+    try:
+        payload = parse_payload(row.payload)
+    except ValueError as exc:
+        return f"the stored payload cannot be read: {exc}"
+    if not isinstance(payload, dict):
+        return f"the stored payload is JSON {type(payload).__name__}, not an object"
+    if not payload.get("event_type"):
+        return "the payload has no event_type"
+    return None
+
+
+def _clip(text: str, size: int) -> str:
+    return text[:size] + "..." if len(text) > size else text
+
+
 def event_story(store: Store, row: EventRow) -> dict[str, Any]:
     """Everything the store knows about one event, JSON-ready."""
     try:
         payload: Any = parse_payload(row.payload)
     except ValueError:
-        payload = row.payload
+        payload = _clip(row.payload, RAW_PAYLOAD_CHARS)
     # In the order the calls ran: stage by stage, and in order within a stage (the
     # ledger's own order is that of writing, and calls with no action are written last).
     calls = sorted(
@@ -128,11 +190,9 @@ def format_story(story: dict[str, Any]) -> str:
         params = {k: v for k, v in action["params"].items() if k != "kind" and v}
         for key, value in params.items():
             text = value if isinstance(value, str) else json.dumps(value)
-            if len(text) > 200:
-                text = text[:200] + "..."
-            lines.append(f"      {key}: {text}")
+            lines.append(f"      {key}: {_clip(text, 200)}")
         if action["error"]:
             lines.append(f"      reason: {action['error']}")
         if action["result"] and action["result"].get("message_id"):
             lines.append(f"      sent as {action['result']['message_id']}")
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)

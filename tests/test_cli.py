@@ -27,6 +27,7 @@ import pytest
 from click.testing import CliRunner, Result
 from svix.webhooks import Webhook as SvixWebhook
 
+from runner import Event, PermanentError, hookimpl
 from runner.cli import cli
 from runner.store import EventRow, Store
 from runner.testing.agentmail_double import AgentMailDouble
@@ -34,7 +35,9 @@ from runner.verify import Verifier
 from tests.conftest import (
     PAYLOADS,
     SECRET,
+    RuntimeFactory,
     database_for,
+    deliver,
     free_port,
     load_payload,
     sign,
@@ -725,3 +728,328 @@ def test_serve_refuses_a_listen_address_it_cannot_use_as_written(
 
     assert result.exit_code != 0
     assert f"--listen {listen}: {problem}" in result.stderr
+
+
+# -- events that no plugin can process -----------------------------------------------
+
+# Authentic, under the size cap, and far deeper than Python's JSON decoder can go.
+DEEP = b"[" * 200_000 + b"]" * 200_000
+
+UNUSABLE = {
+    "nested-too-deep": (DEEP, "the body is JSON nested deeper than 64 levels"),
+    "not-json": (
+        b"not json",
+        "the body is not JSON: Expecting value: line 1 column 1 (char 0)",
+    ),
+    "not-utf-8": (
+        b'{"event_type": "message.received", "note": "\xff"}',
+        "the body is not UTF-8 text",
+    ),
+    "no-event-type": (b'{"event_id": "evt-untyped"}', "the payload has no event_type"),
+    "event-id-not-text": (
+        b'{"event_id": 7, "event_type": "message.received"}',
+        "the event_id is JSON int, not a string",
+    ),
+}
+
+
+class Refuser:
+    """Fails every new message for good, so that it becomes a dead letter after an
+    attempt (one that a retry may well fix)."""
+
+    @hookimpl
+    def subscriptions(self) -> list[str]:
+        return ["message.received"]
+
+    @hookimpl
+    def act(self, event: Event, context: Any) -> None:
+        raise PermanentError("the audit mailbox is not configured")
+
+
+def stored(rt: Any, pk: int) -> tuple[str, str | None]:
+    row = rt.store.get_event(pk)
+    assert row is not None
+    return row.status, row.last_error
+
+
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "in-process"])
+@pytest.mark.parametrize("name", ["nested-too-deep", "not-json"])
+def test_receive_of_a_payload_that_becomes_a_dead_letter_fails_with_the_reason(
+    tmp_path: Path, name: str, dry_run: bool
+) -> None:
+    write_config(tmp_path)
+    body, reason = UNUSABLE[name]
+    payload = tmp_path / "payload.json"
+    payload.write_bytes(body)
+
+    result = invoke(
+        "receive",
+        *(["--dry-run"] if dry_run else []),
+        str(payload),
+        AGENTMAIL_WEBHOOK_SECRET=SECRET,
+    )
+
+    assert result.exit_code == 1
+    assert 'ingress answered 200 {"status": "dead_letter", ' in result.stderr
+    assert "  status      dead  after 0 attempt(s)" in result.stdout
+    assert result.stderr.endswith(f"error: the event became a dead letter: {reason}\n")
+
+
+def test_events_show_of_a_payload_too_deep_to_read_shows_it_as_clipped_text(
+    make_runtime: RuntimeFactory,
+) -> None:
+    rt = make_runtime()
+    assert deliver(rt, DEEP).get_json()["status"] == "dead_letter"
+
+    text = invoke("events", "show", "#1")
+    as_json = invoke("events", "show", "#1", "--json")
+
+    assert text.exit_code == 0, text.output
+    assert "  error       the body is JSON nested deeper than 64 levels" in text.stdout
+    assert as_json.exit_code == 0, as_json.output
+    story = json.loads(as_json.stdout)
+    assert story["payload"] == "[" * 1000 + "..."
+    assert story["last_error"] == "the body is JSON nested deeper than 64 levels"
+
+
+@pytest.mark.parametrize("name", list(UNUSABLE))
+def test_dlq_retry_refuses_a_dead_letter_no_plugin_can_process_and_queues_nothing(
+    make_runtime: RuntimeFactory, name: str
+) -> None:
+    rt = make_runtime(extra_plugins=(("refuser", Refuser()),))
+    deliver(rt, load_payload("message-received.json"))
+    rt.drain()
+    body, reason = UNUSABLE[name]
+    assert deliver(rt, body).get_json()["status"] == "dead_letter"
+    before = [stored(rt, 1), stored(rt, 2)]
+
+    result = invoke("dlq", "retry", "#1", "#2")
+
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr == (
+        f"error: event #2 cannot be retried: no plugin can process it ({reason}); "
+        "`agentmail-runner dlq drop #2` deletes it\n"
+    )
+    assert [stored(rt, 1), stored(rt, 2)] == before
+    assert before[1] == ("dead", reason)
+
+
+def test_events_retry_refuses_a_dead_letter_no_plugin_can_process(
+    make_runtime: RuntimeFactory,
+) -> None:
+    rt = make_runtime()
+    deliver(rt, DEEP)
+
+    result = invoke("events", "retry", "#1")
+
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "error: event #1 cannot be retried: no plugin can process it (the body is "
+        "JSON nested deeper than 64 levels); `agentmail-runner dlq drop #1` deletes "
+        "it\n"
+    )
+    assert stored(rt, 1) == ("dead", "the body is JSON nested deeper than 64 levels")
+
+
+def test_dlq_retry_all_skips_dead_letters_no_plugin_can_process_and_queues_the_rest(
+    make_runtime: RuntimeFactory,
+) -> None:
+    rt = make_runtime(extra_plugins=(("refuser", Refuser()),))
+    deliver(rt, load_payload("message-received.json"))
+    rt.drain()
+    deliver(rt, b"not json")
+
+    result = invoke("dlq", "retry", "--all")
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout == (
+        "skipped 1 event(s) that no plugin can process: #2\n"
+        "queued 1 event(s) again: #1\n"
+    )
+    assert stored(rt, 1)[0] == "pending"
+    assert stored(rt, 2)[0] == "dead"
+
+
+def test_replay_refuses_an_event_no_plugin_can_process_and_stores_nothing(
+    make_runtime: RuntimeFactory,
+) -> None:
+    rt = make_runtime()
+    deliver(rt, DEEP)
+
+    result = invoke("events", "replay", "#1", "--yes")
+
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "error: event #1 cannot be replayed: no plugin can process it (the body is "
+        "JSON nested deeper than 64 levels); `agentmail-runner dlq drop #1` deletes "
+        "it\n"
+    )
+    assert rt.store.count_by_status() == {"dead": 1}
+
+
+def test_replay_all_dead_letters_skips_those_no_plugin_can_process(
+    make_runtime: RuntimeFactory,
+) -> None:
+    rt = make_runtime(extra_plugins=(("refuser", Refuser()),))
+    deliver(rt, load_payload("message-received.json"))
+    rt.drain()
+    deliver(rt, b'{"event_id": "evt-untyped"}')
+
+    result = invoke("events", "replay", "--all", "--status", "dead", "--yes")
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout == (
+        "skipped 1 event(s) that no plugin can process: #2\n"
+        "replayed 1 event(s) as new events: #3\n"
+    )
+    assert rt.store.count_by_status() == {"dead": 2, "pending": 1}
+
+
+# -- text from mail on the terminal ----------------------------------------------------
+
+HOSTILE = "\x1b[31mRED\x1b[0m\x1b]0;TITLE\x07"
+SHOWN = "\\x1b[31mRED\\x1b[0m\\x1b]0;TITLE\\x07"
+
+
+def test_text_output_shows_control_characters_from_mail_as_escapes(
+    make_runtime: RuntimeFactory,
+) -> None:
+    rt = make_runtime(dry_run=True)
+    payload = load_payload("message-received.json")
+    payload["event_id"] = "evt-\x9b2J"
+    payload["message"]["subject"] = HOSTILE
+    deliver(rt, payload)
+    deliver(rt, {"event_id": f"evt-dead-{HOSTILE}"})
+    rt.drain()
+
+    listed = invoke("events", "list")
+    shown = invoke("events", "show", "#1")
+    dead = invoke("dlq", "list")
+
+    for result in (listed, shown, dead):
+        assert result.exit_code == 0, result.output
+        assert not set(result.output) & {"\x1b", "\x07", "\x9b"}
+    assert "evt-\\x9b2J" in listed.stdout
+    assert f"evt-dead-{SHOWN}" in listed.stdout
+    assert f"text: Thanks for your email about '{SHOWN}'." in shown.stdout
+    assert dead.stdout.splitlines()[0].endswith(f"evt-dead-{SHOWN}")
+
+
+def test_log_lines_show_control_characters_from_mail_as_escapes(
+    tmp_path: Path,
+) -> None:
+    write_config(tmp_path)
+    payload = tmp_path / "untyped.json"
+    payload.write_text(json.dumps({"event_id": f"evt-{HOSTILE}"}), encoding="utf-8")
+
+    result = run_command(
+        tmp_path,
+        runner_environment(AGENTMAIL_WEBHOOK_SECRET=SECRET),
+        "receive",
+        "--dry-run",
+        str(payload),
+    )
+
+    assert result.returncode == 1
+    assert not set(result.stderr) & {"\x1b", "\x07"}
+    assert (
+        f"ERROR agentmail_runner.ingress: event evt-{SHOWN}: authentic but unusable, "
+        "kept as a dead letter: the payload has no event_type"
+    ) in result.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("events", "list"), ("events", "show", "#1"), ("dlq", "list")],
+)
+def test_json_output_escapes_control_characters_and_keeps_the_text(
+    make_runtime: RuntimeFactory, command: tuple[str, ...]
+) -> None:
+    rt = make_runtime(dry_run=True)
+    deliver(rt, {"event_id": f"evt-{HOSTILE}"})
+
+    result = invoke(*command, "--json")
+
+    assert result.exit_code == 0, result.output
+    assert not set(result.output) & {"\x1b", "\x07"}
+    assert "\\u001b[31mRED" in result.stdout
+    listed = json.loads(result.stdout)
+    events = listed if isinstance(listed, list) else [listed]
+    assert [e["event_key"] for e in events] == [f"evt-{HOSTILE}"]
+
+
+# -- numbers out of range --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "ref",
+    ["#99999999999999999999999", "99999999999999999999999", "#9223372036854775808"],
+)
+def test_events_show_of_a_number_no_event_can_have_says_there_is_none(
+    make_runtime: RuntimeFactory, ref: str
+) -> None:
+    make_runtime()
+
+    result = invoke("events", "show", ref)
+
+    assert result.exit_code == 1
+    assert result.stderr == f"error: no event {ref}\n"
+
+
+def test_digits_too_large_for_a_number_still_find_the_event_they_are_the_id_of(
+    make_runtime: RuntimeFactory,
+) -> None:
+    rt = make_runtime()
+    deliver(
+        rt, {"event_id": "99999999999999999999999", "event_type": "domain.verified"}
+    )
+
+    result = invoke("events", "show", "99999999999999999999999")
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("event 99999999999999999999999  (#1)")
+
+
+def test_retry_of_a_number_no_event_can_have_names_it(
+    make_runtime: RuntimeFactory,
+) -> None:
+    make_runtime()
+
+    result = invoke("events", "retry", "#99999999999999999999999")
+
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "error: no event #99999999999999999999999: name it by #number, event id or "
+        "delivery id\n"
+    )
+
+
+@pytest.mark.parametrize("command", [("events", "list"), ("dlq", "list")])
+@pytest.mark.parametrize("limit", ["-1", "0", "10001", "100000000000000000000"])
+def test_list_commands_refuse_a_limit_out_of_range(
+    make_runtime: RuntimeFactory, command: tuple[str, ...], limit: str
+) -> None:
+    make_runtime()
+
+    result = invoke(*command, "--limit", limit)
+
+    assert result.exit_code == 2
+    assert (
+        f"Invalid value for '--limit': {limit} is not in the range 1<=x<=10000."
+        in result.stderr
+    )
+
+
+def test_events_list_limit_shows_that_many_of_the_newest_events(
+    make_runtime: RuntimeFactory,
+) -> None:
+    rt = make_runtime()
+    for n in range(3):
+        deliver(rt, {"event_id": f"evt-{n}", "event_type": "domain.verified"})
+
+    result = invoke("events", "list", "--limit", "1")
+
+    assert result.exit_code == 0, result.output
+    [line] = result.stdout.splitlines()
+    assert line.startswith("#3 ") and line.endswith("evt-2")

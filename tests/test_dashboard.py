@@ -527,6 +527,120 @@ def test_an_unknown_event_is_404(make_runtime: RuntimeFactory) -> None:
     assert client.get("/dashboard/events/999", headers=BEARER).status_code == 404
 
 
+def test_a_number_no_event_can_have_is_404(make_runtime: RuntimeFactory) -> None:
+    client = client_for(dashboard_runtime(make_runtime))
+    huge = "99999999999999999999999"
+
+    assert client.get(f"/dashboard/events/{huge}", headers=BEARER).status_code == 404
+    retried = client.post(f"/dashboard/events/{huge}/retry", headers=BEARER)
+    assert retried.status_code == 404
+
+
+@pytest.mark.parametrize("page", ["/dashboard/", "/dashboard/dead"])
+def test_older_than_a_number_no_event_can_have_is_the_newest_page(
+    make_runtime: RuntimeFactory, page: str
+) -> None:
+    rt = dashboard_runtime(make_runtime)
+    deliver(rt, {"event_id": "evt-untyped"})
+
+    response = client_for(rt).get(
+        f"{page}?before=99999999999999999999999", headers=BEARER
+    )
+
+    assert response.status_code == 200
+    assert 'href="/dashboard/events/1"' in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("query", ["q=%00", "type=%00", "status=%00", "q=a%00b"])
+def test_a_filter_with_a_nul_character_is_refused(
+    make_runtime: RuntimeFactory, query: str
+) -> None:
+    rt = dashboard_runtime(make_runtime)
+    deliver(rt, {"event_id": "evt-untyped"})
+
+    response = client_for(rt).get(f"/dashboard/?{query}", headers=BEARER)
+
+    assert response.status_code == 400
+    assert "A filter cannot contain a NUL character (%00)." in response.get_data(
+        as_text=True
+    )
+
+
+# -- payloads that cannot be read ------------------------------------------------------
+
+# Authentic and under the size cap; Python's JSON decoder stops near 1,000 levels.
+TOO_DEEP_TO_DECODE = b"[" * 200_000 + b"]" * 200_000
+# Decoded, but deep enough to exhaust the stack of the code that walks an event.
+TOO_DEEP_TO_WALK = (
+    b'{"event_type": "message.received", "deep": ' + b"[" * 600 + b"]" * 600 + b"}"
+)
+
+
+def test_a_dead_letter_too_deep_to_read_is_shown_on_every_page(
+    make_runtime: RuntimeFactory,
+) -> None:
+    rt = dashboard_runtime(make_runtime)
+    deliver(rt, received(subject="Quarterly numbers"))
+    answer = deliver(rt, TOO_DEEP_TO_DECODE).get_json()
+    assert answer["status"] == "dead_letter"
+    pk = event_pk(rt, answer["event"])
+    client = client_for(rt)
+
+    for path in (
+        "/dashboard/",
+        "/dashboard/?status=dead",
+        "/dashboard/?q=%5B%5B%5B",
+        "/dashboard/dead",
+        f"/dashboard/events/{pk}",
+    ):
+        response = client.get(path, headers=BEARER)
+        assert response.status_code == 200, path
+        assert "the body is JSON nested deeper than 64 levels" in response.get_data(
+            as_text=True
+        )
+    story = client.get(f"/dashboard/events/{pk}", headers=BEARER)
+    assert f'<pre class="payload">{"[" * 1000}...</pre>' in story.get_data(as_text=True)
+
+
+@pytest.mark.parametrize(
+    "body", [TOO_DEEP_TO_DECODE, TOO_DEEP_TO_WALK], ids=["decode", "walk"]
+)
+def test_a_copy_of_a_payload_too_deep_to_read_is_buried_at_its_first_attempt(
+    make_runtime: RuntimeFactory, body: bytes
+) -> None:
+    # A replay stored such a copy before replays of unusable events were refused.
+    rt = dashboard_runtime(make_runtime)
+    deliver(rt, body)
+    copy = rt.store.replay_event(1, "replay-earlier")
+    assert copy is not None
+    client = client_for(rt)
+    assert client.get("/dashboard/?status=pending", headers=BEARER).status_code == 200
+
+    rt.drain()
+
+    row = rt.store.get_event(copy)
+    assert row is not None and row.status == DEAD
+    assert row.last_error is not None
+    assert row.last_error.endswith("JSON nested deeper than 64 levels")
+    assert client.get("/dashboard/?status=dead", headers=BEARER).status_code == 200
+
+
+def test_retrying_a_dead_letter_no_plugin_can_process_is_refused(
+    make_runtime: RuntimeFactory,
+) -> None:
+    rt = dashboard_runtime(make_runtime)
+    deliver(rt, b"not json")
+
+    response = client_for(rt).post("/dashboard/events/1/retry", headers=BEARER)
+
+    assert response.status_code == 409
+    assert (
+        "Event #1 cannot be retried: no plugin can process it (the body is not JSON: "
+        "Expecting value: line 1 column 1 (char 0))." in response.get_data(as_text=True)
+    )
+    assert status_of(rt, 1) == DEAD
+
+
 # -- dead letters ----------------------------------------------------------------------
 
 

@@ -14,6 +14,8 @@ from runner.events import (
     html_to_text,
     matches_event_type,
     parse_addresses,
+    parse_payload,
+    printable,
 )
 from tests.conftest import load_payload
 
@@ -322,3 +324,59 @@ def test_fields_of_the_wrong_type_read_as_empty_not_as_errors() -> None:
         (),
         (),
     )
+
+
+# -- stored payloads -------------------------------------------------------------------
+
+
+def nested(depth: int) -> str:
+    return (
+        '{"event_type": "message.received", "deep": ' + "[" * depth + "]" * depth + "}"
+    )
+
+
+def test_a_stored_payload_is_read_with_lone_surrogates_replaced() -> None:
+    assert parse_payload('{"subject": "a\\ud800b"}') == {"subject": "a\ufffdb"}
+
+
+@pytest.mark.parametrize("depth", [64, 600, 200_000])
+def test_a_stored_payload_nested_deeper_than_the_ingress_accepts_is_unreadable(
+    depth: int,
+) -> None:
+    # 600 levels still parse, but walking them (a plugin, the event) exhausts the
+    # stack; 200,000 exhaust the JSON decoder itself.
+    with pytest.raises(ValueError, match=r"^JSON nested deeper than 64 levels$"):
+        parse_payload(nested(depth))
+
+
+def test_a_stored_payload_nested_as_deep_as_the_ingress_accepts_is_read() -> None:
+    assert Event(parse_payload(nested(63))).event_type == "message.received"
+
+
+def test_a_stored_payload_that_is_not_json_is_unreadable() -> None:
+    with pytest.raises(ValueError, match=r"^Expecting value: line 1 column 1"):
+        parse_payload("not json")
+
+
+# -- text for a terminal ---------------------------------------------------------------
+
+
+def test_printable_shows_terminal_control_sequences_as_escapes() -> None:
+    hostile = "\x1b[31mRED\x1b[0m\x1b]0;TITLE\x07"
+
+    assert printable(hostile) == "\\x1b[31mRED\\x1b[0m\\x1b]0;TITLE\\x07"
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("line\nbreak\r\ttab", "line\\x0abreak\\x0d\\x09tab"),
+        ("nul\x00 del\x7f", "nul\\x00 del\\x7f"),
+        ("c1 csi\x9b2J nel\x85", "c1 csi\\x9b2J nel\\x85"),
+        ("Grüße, 日本, ✓ and a \\ backslash", "Grüße, 日本, ✓ and a \\ backslash"),
+    ],
+)
+def test_printable_escapes_c0_del_and_c1_and_keeps_other_text(
+    text: str, shown: str
+) -> None:
+    assert printable(text) == shown

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import click
 
-from runner import PluginState, parse_addresses
+from runner import PluginState, parse_addresses, printable
 
 from .addresses import display_address, suppression_key
 from .book import MANUAL, Book, Suppression, Volume, format_time, resume_command
@@ -48,6 +48,11 @@ def _checked_address(address: str) -> str:
     return email
 
 
+def _echo(line: str) -> None:
+    """Print a line that holds text from mail (addresses, reasons, inbox ids)."""
+    click.echo(printable(line))
+
+
 def _rates_line(inbox: str, volume: Volume) -> str:
     return (
         f"{inbox}: {volume.messages} messages, "
@@ -77,13 +82,13 @@ def suppressions_group(
         if not entries:
             click.echo("no suppressed addresses")
         for entry in entries:
-            click.echo(
+            _echo(
                 f"{entry.address}  [{entry.source}]  since {format_time(entry.since)}"
                 f"  {entry.reason}"
             )
         for inbox, paused in records.pauses():
             since = format_time(float(paused.get("since") or 0))
-            click.echo(
+            _echo(
                 f"inbox {inbox}: automatic sends paused since {since}: "
                 f"{paused.get('reason', '')}; resume with `{resume_command(inbox)}`"
             )
@@ -108,9 +113,9 @@ def suppressions_group(
         if not records.suppress(entry):
             current = records.suppression(entry.key)
             assert current is not None
-            click.echo(f"already suppressed: {current.describe()}")
+            _echo(f"already suppressed: {current.describe()}")
             return
-        click.echo(f"suppressed {entry.address} (key {entry.key})")
+        _echo(f"suppressed {entry.address} (key {entry.key})")
 
     @group.command("remove")
     @click.argument("address")
@@ -126,7 +131,7 @@ def suppressions_group(
                 f"{address} is not suppressed (looked up as {key}); "
                 "`agentmail-runner suppressions list` shows what is"
             )
-        click.echo(f"removed {lifted.address} ({lifted.source}: {lifted.reason})")
+        _echo(f"removed {lifted.address} ({lifted.source}: {lifted.reason})")
 
     @group.command("export")
     def export() -> None:
@@ -154,7 +159,7 @@ def suppressions_group(
                 "shows the paused inboxes"
             )
         since = format_time(float(paused.get("since") or 0))
-        click.echo(
+        _echo(
             f"automatic sends from {inbox} resume (paused since {since}: "
             f"{paused.get('reason', '')}); its counts start again from zero"
         )
@@ -176,6 +181,6 @@ def suppressions_group(
         )
         for inbox in records.inboxes():
             paused = " [PAUSED]" if records.pause(inbox) is not None else ""
-            click.echo(_rates_line(inbox, records.window(inbox, now)) + paused)
+            _echo(_rates_line(inbox, records.window(inbox, now)) + paused)
 
     return group

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from runner import Event, HttpPost
+from runner import Event, HttpPost, printable
 
 from .config import RouterConfig
 from .planning import Planned, plan
@@ -176,7 +176,8 @@ def format_explanation(explanation: dict[str, Any]) -> str:
         lines.append("  (none)")
     for number, action in enumerate(explanation["actions"], 1):
         lines.append(f"  {number}. {_format_action(action)}")
-    return "\n".join(lines)
+    # The subject, the evidence and the replies are the sender's text.
+    return "\n".join(printable(line) for line in lines)
 
 
 def _format_rule(rule: dict[str, Any]) -> list[str]:

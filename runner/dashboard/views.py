@@ -38,7 +38,7 @@ from runner.dashboard.suppressions import (
 )
 from runner.events import Event, parse_payload
 from runner.store import DEAD, DONE, PENDING, RUNNING, EventRow, StoreUnavailable
-from runner.story import event_story, format_time
+from runner.story import MAX_EVENT_NUMBER, event_story, format_time, why_unusable
 
 if TYPE_CHECKING:
     from werkzeug.wrappers import Response as BaseResponse
@@ -226,13 +226,27 @@ def logout() -> BaseResponse:
 # -- events --------------------------------------------------------------------
 
 
+# An event's page and its retry: a larger number names no event, and answers 404.
+EVENT_PATH = f"/events/<int(max={MAX_EVENT_NUMBER}):pk>"
+
+
+def _before() -> int | None:
+    """The ``before`` of a page of older events; one that no event number can be
+    under, or that numbers no event, is ignored as a malformed one is."""
+    before = request.args.get("before", type=int)
+    return before if before is not None and 0 < before <= MAX_EVENT_NUMBER else None
+
+
 @blueprint.get("/")
-def events() -> str:
+def events() -> str | Response:
     store = _runtime().store
     status = request.args.get("status", "")
     event_type = request.args.get("type", "")
     search = request.args.get("q", "").strip()
-    before = request.args.get("before", type=int)
+    if "\x00" in status + event_type + search:
+        # No stored text holds one, and PostgreSQL refuses to compare with it.
+        return _refuse(400, "A filter cannot contain a NUL character (%00).")
+    before = _before()
     rows = store.list_events(
         limit=PAGE_SIZE,
         status=status or None,
@@ -271,7 +285,7 @@ def _summary(row: EventRow) -> str:
     return f"{who}: {message.subject}" if message.subject else who
 
 
-@blueprint.get("/events/<int:pk>")
+@blueprint.get(EVENT_PATH)
 def event(pk: int) -> str:
     store = _runtime().store
     row = store.get_event(pk)
@@ -285,12 +299,18 @@ def event(pk: int) -> str:
     )
 
 
-@blueprint.post("/events/<int:pk>/retry")
+@blueprint.post(EVENT_PATH + "/retry")
 def retry(pk: int) -> BaseResponse:
     rt = _runtime()
     row = rt.store.get_event(pk)
     if row is None:
         abort(404)
+    unusable = why_unusable(row)
+    if unusable is not None:
+        return _refuse(
+            409,
+            f"Event #{pk} cannot be retried: no plugin can process it ({unusable}).",
+        )
     if not rt.store.retry_event(pk):
         return _refuse(
             409,
@@ -304,7 +324,7 @@ def retry(pk: int) -> BaseResponse:
 
 @blueprint.get("/dead")
 def dead_letters() -> str:
-    before = request.args.get("before", type=int)
+    before = _before()
     rows = _runtime().store.list_events(limit=PAGE_SIZE, status=DEAD, before=before)
     return render_template(
         "dashboard/dead.html",
