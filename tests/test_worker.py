@@ -7,6 +7,8 @@ import time
 import uuid
 from typing import Any
 
+import pytest
+
 from runner import AddLabels, Context, Event, hookimpl
 from runner.runtime import Runtime
 from runner.store import DONE, RUNNING
@@ -219,6 +221,30 @@ def test_a_worker_whose_lease_was_taken_over_cannot_finish_the_event(
     finished = rt.store.get_event(pk)
     assert finished is not None
     assert finished.status == DONE
+
+
+def test_a_crash_in_dispatch_is_retried_then_makes_a_dead_letter(
+    make_runtime: RuntimeFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rt = make_runtime(max_attempts=2)
+
+    def crash(*_args: Any, **_kwargs: Any) -> None:
+        raise RuntimeError("a bug in the runner")
+
+    monkeypatch.setattr(rt.dispatcher, "process", crash)
+    pk = store_event(rt, received_event())
+
+    assert rt.new_worker().run_once()
+    first = rt.store.get_event(pk)
+    assert first is not None
+    assert (first.status, first.attempts) == ("pending", 1)
+    assert first.last_error == "dispatch crashed: RuntimeError('a bug in the runner')"
+
+    assert rt.store.retry_event(pk)
+    assert rt.new_worker().run_once()
+    second = rt.store.get_event(pk)
+    assert second is not None
+    assert (second.status, second.attempts) == ("dead", 2)
 
 
 def test_an_event_stored_too_deep_to_read_is_a_dead_letter_at_its_first_attempt(
