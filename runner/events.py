@@ -387,8 +387,9 @@ def matches_event_type(event_type: str, pattern: str) -> bool:
     return fnmatch.fnmatchcase(event_type, pattern)
 
 
-# A \u escape of a UTF-16 surrogate: JSON allows one alone; no encoder can write it.
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+# A \u escape of a UTF-16 surrogate (JSON allows one alone; no encoder can write it)
+# or of NUL (PostgreSQL's text cannot hold it).
+_UNTEXT_ESCAPE = re.compile(r"\\u(?:[dD][89a-fA-F]|0000)")
 
 # The deepest nesting read, as at the ingress, which keeps deeper bodies as dead
 # letters: far beyond any real payload, and far from exhausting Python's stack in the
@@ -397,12 +398,13 @@ MAX_DEPTH = 64
 
 
 def parse_payload(text: str) -> Any:
-    """A stored payload as JSON, with every lone surrogate replaced by U+FFFD.
+    """A stored payload as JSON, with every lone surrogate and NUL replaced by U+FFFD.
 
     ``"\\ud800"`` without its pair is valid JSON but not text: plugins could read it,
     and every write of what they derived from it (the ledger, an email, a log line)
-    would fail. Raises ValueError when ``text`` is not JSON or nests deeper than
-    ``MAX_DEPTH`` levels.
+    would fail. ``"\\u0000"`` is text, but PostgreSQL refuses it in every text column
+    (an address, a thread id), so both engines see the same. Raises ValueError when
+    ``text`` is not JSON or nests deeper than ``MAX_DEPTH`` levels.
     """
     too_deep = f"JSON nested deeper than {MAX_DEPTH} levels"
     try:
@@ -411,9 +413,9 @@ def parse_payload(text: str) -> Any:
         raise ValueError(too_deep) from exc
     if nested_too_deep(text, value):
         raise ValueError(too_deep)
-    if _SURROGATE_ESCAPE.search(text) is None:
+    if _UNTEXT_ESCAPE.search(text) is None:
         return value
-    return _without_lone_surrogates(value)
+    return _as_text(value)
 
 
 def nested_too_deep(text: str, value: Any) -> bool:
@@ -434,14 +436,13 @@ def nested_too_deep(text: str, value: Any) -> bool:
     return False
 
 
-def _without_lone_surrogates(value: Any) -> Any:
+def _as_text(value: Any) -> Any:
+    """``value`` with U+FFFD for each lone surrogate and each NUL in its strings."""
     if isinstance(value, str):
-        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        text = value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        return text.replace("\x00", "\ufffd")
     if isinstance(value, list):
-        return [_without_lone_surrogates(v) for v in value]
+        return [_as_text(v) for v in value]
     if isinstance(value, dict):
-        return {
-            _without_lone_surrogates(k): _without_lone_surrogates(v)
-            for k, v in value.items()
-        }
+        return {_as_text(k): _as_text(v) for k, v in value.items()}
     return value

@@ -91,3 +91,24 @@ def test_a_lone_surrogate_escape_in_the_mail_becomes_a_replacement_character(
     assert email.json["text"] == (
         "Thanks for your email about 'Invoice \ufffd question'."
     )
+
+
+def test_a_nul_escape_in_the_mail_becomes_a_replacement_character(make_runtime, double):
+    # PostgreSQL's text cannot hold NUL: the thread id would not be written to the
+    # action log, and the event would crash at every attempt.
+    rt = make_runtime()
+    payload = load_payload("message-received.json")
+    payload["message"]["subject"] = "Invoice \u0000 question"
+    payload["message"]["thread_id"] = "thread-\u0000-1"
+    body = json.dumps(payload).encode()
+    assert b"\\u0000" in body
+
+    assert deliver(rt, body).get_json()["status"] == "accepted"
+    assert rt.drain() == 1
+
+    assert rt.store.get_event(payload["event_id"]).status == "done"
+    [email] = double.sent
+    assert email.json["text"] == (
+        "Thanks for your email about 'Invoice \ufffd question'."
+    )
+    assert rt.store.count_replies(since=0, thread_id="thread-\ufffd-1") == 1
