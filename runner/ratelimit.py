@@ -86,6 +86,18 @@ class FailureLimiter:
             bucket.suppressed += 1
             return False
 
+    def exhausted(self, client: str) -> bool:
+        """Whether ``client`` has used up its budget; counts nothing."""
+        with self._lock:
+            bucket = self._buckets.get(client)
+            if bucket is None:
+                return False
+            tokens = bucket.tokens
+            now = self._clock()
+            if now > bucket.updated:
+                tokens = min(self._burst, tokens + (now - bucket.updated) * self._rate)
+            return tokens < 1.0
+
     def suppressed(self, client: str) -> int:
         """How many failures from ``client`` went unlogged since the last call; resets
         the count to 0 so that the caller can log one summary line."""

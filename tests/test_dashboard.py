@@ -14,6 +14,7 @@ from flask.testing import FlaskClient
 
 from runner import Context, Event, PermanentError, SendProposal, hookimpl
 from runner.config import ConfigError, load_config, redact
+from runner.dashboard.auth import COOKIE_NAME
 from runner.dashboard.chart import WINDOWS, build_chart
 from runner.ingress import create_app
 from runner.runtime import Runtime
@@ -187,6 +188,23 @@ def test_wrong_tokens_past_the_budget_are_answered_429(
 
     assert codes[:10] == [401] * 10
     assert codes[10:] == [429, 429]
+
+
+def test_past_the_budget_the_right_token_is_refused_too(
+    make_runtime: RuntimeFactory,
+) -> None:
+    # Otherwise a 429 would only tell a guesser "wrong", and the right guess would
+    # still get in.
+    client = client_for(dashboard_runtime(make_runtime))
+    for _ in range(11):
+        client.post("/dashboard/login", data={"token": "guess"})
+
+    by_form = client.post("/dashboard/login", data={"token": TOKEN})
+    by_header = client.get("/dashboard/", headers=BEARER)
+
+    assert (by_form.status_code, by_header.status_code) == (429, 429)
+    assert by_header.headers["Retry-After"] == "60"
+    assert COOKIE_NAME not in by_form.headers.get("Set-Cookie", "")
 
 
 def test_a_client_that_is_not_on_loopback_is_refused(

@@ -159,3 +159,18 @@ def test_hits_from_many_threads_never_exceed_the_burst(clock: FakeClock) -> None
 def test_nonsense_settings_are_refused(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         FailureLimiter(**kwargs)
+
+
+def test_exhausted_says_whether_the_budget_is_spent_without_counting(
+    clock: FakeClock,
+) -> None:
+    limiter = FailureLimiter(per_minute=60, burst=2, clock=clock)
+    assert not limiter.exhausted("a")
+    assert [limiter.hit("a"), limiter.hit("a")] == [True, True]
+
+    assert [limiter.exhausted("a") for _ in range(3)] == [True] * 3
+    assert not limiter.exhausted("b")
+    clock.advance(1)  # one failure's worth of refill
+    assert not limiter.exhausted("a")
+    assert limiter.hit("a")
+    assert limiter.exhausted("a")

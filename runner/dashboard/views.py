@@ -126,6 +126,8 @@ def _admit() -> BaseResponse | None:
 def _visitor(gate: Gate) -> Visitor | Response:
     bearer = gate.bearer(request.headers)
     if bearer is not None:
+        if _guessing(gate):
+            return _too_many()
         if gate.token_matches(bearer):
             return Visitor("bearer")
         return _wrong_token(gate)
@@ -137,12 +139,22 @@ def _visitor(gate: Gate) -> Visitor | Response:
     return visitor
 
 
+def _guessing(gate: Gate) -> bool:
+    """Whether this address is past its budget of wrong tokens: then no token it sends
+    is even compared, the right one included, or a 429 would only mean "wrong"."""
+    return gate.limiter.exhausted(request.remote_addr or "unknown")
+
+
+def _too_many() -> Response:
+    response = _refuse(429, "Too many wrong admin tokens from this address.")
+    response.headers["Retry-After"] = "60"
+    return response
+
+
 def _wrong_token(gate: Gate) -> Response:
     client = request.remote_addr or "unknown"
     if not gate.limiter.hit(client):
-        response = _refuse(429, "Too many wrong admin tokens from this address.")
-        response.headers["Retry-After"] = "60"
-        return response
+        return _too_many()
     log.warning("dashboard: refused a wrong admin token from %s", client)
     return _login_page(401, "That is not the admin token.")
 
@@ -199,6 +211,8 @@ def login() -> BaseResponse:
     if request.method == "GET":
         return _login_page(200, "")
     gate = _gate()
+    if _guessing(gate):
+        return _too_many()
     if not gate.token_matches(request.form.get("token", "")):
         return _wrong_token(gate)
     response = redirect(url_for("dashboard.events"), 303)
