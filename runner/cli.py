@@ -176,7 +176,12 @@ def _announce(rt: Any) -> None:
 @click.option(
     "--listen", default=None, help="HOST:PORT (default from [runner] listen)."
 )
-@click.option("--workers", type=int, default=None, help="Worker threads.")
+@click.option(
+    "--workers",
+    type=click.IntRange(0, 64),
+    default=None,
+    help="Worker threads (0 to 64; 0 only receives).",
+)
 @click.option(
     "--dry-run", is_flag=True, help="Record actions instead of executing them."
 )
@@ -222,7 +227,12 @@ def web(state: State, listen: str | None) -> None:
 
 
 @cli.command()
-@click.option("--workers", type=int, default=None, help="Worker threads.")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Worker threads (1 to 64).",
+)
 @click.option(
     "--dry-run", is_flag=True, help="Record actions instead of executing them."
 )
@@ -231,6 +241,11 @@ def worker(state: State, workers: int | None, dry_run: bool) -> None:
     """Process stored events only; run with `web` processes in front."""
     from runner.server import work
 
+    if workers is None and state.config.runner.workers == 0:
+        _fail(
+            "[runner] workers is 0, so this worker would process nothing: "
+            "pass --workers N or set [runner] workers"
+        )
     rt = _runtime(state, dry_run=dry_run or None, require_secrets=False)
     _announce(rt)
     try:

@@ -514,6 +514,37 @@ def test_plugins_text_tells_how_to_enable_an_installed_plugin(tmp_path: Path) ->
     assert "enable it with a [plugins.router] table in plugins.toml" in result.stdout
 
 
+@pytest.mark.parametrize(
+    ("command", "value", "allowed"),
+    [("serve", "-3", "0<=x<=64"), ("worker", "0", "1<=x<=64")],
+)
+def test_a_worker_count_out_of_range_is_refused(
+    tmp_path: Path, command: str, value: str, allowed: str
+) -> None:
+    write_config(tmp_path)
+
+    result = invoke(command, "--workers", value, AGENTMAIL_WEBHOOK_SECRET=SECRET)
+
+    assert result.exit_code == 2
+    assert f"Invalid value for '--workers': {value} is not in the range {allowed}." in (
+        result.stderr
+    )
+
+
+def test_a_worker_with_no_worker_threads_configured_refuses_to_start(
+    tmp_path: Path,
+) -> None:
+    write_config(tmp_path, runner={"workers": 0})
+
+    result = invoke("worker")
+
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "error: [runner] workers is 0, so this worker would process nothing: "
+        "pass --workers N or set [runner] workers\n"
+    )
+
+
 def test_config_check_accepts_a_good_configuration(tmp_path: Path) -> None:
     path = write_config(tmp_path)
 
