@@ -48,6 +48,18 @@ def _checked_address(address: str) -> str:
     return email
 
 
+# What a spreadsheet takes as the start of a formula (OWASP's list).
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value: object) -> object:
+    """A CSV cell a spreadsheet shows as text: reasons and addresses come from remote
+    mail servers, and one starting with ``=`` would otherwise run as a formula."""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def _echo(line: str) -> None:
     """Print a line that holds text from mail (addresses, reasons, inbox ids)."""
     click.echo(printable(line))
@@ -141,7 +153,7 @@ def suppressions_group(
         writer.writerow(EXPORT_COLUMNS)
         for entry in sorted(book().suppressions(), key=lambda s: s.since):
             row = entry.to_state() | {"since": _iso(entry.since)}
-            writer.writerow([row[column] for column in EXPORT_COLUMNS])
+            writer.writerow([_cell(row[column]) for column in EXPORT_COLUMNS])
         click.echo(buffer.getvalue(), nl=False)
 
     @group.command("resume")

@@ -557,6 +557,17 @@ def test_resuming_an_inbox_that_is_not_paused_says_so(runtime):
     )
 
 
+def test_export_keeps_spreadsheets_from_running_what_mail_servers_wrote(runtime):
+    cli(runtime, "add", "pat@example.org", "--reason", '=HYPERLINK("x","click")')
+    cli(runtime, "add", "sam@example.org", "--reason", "-1+2")
+
+    result = cli(runtime, "export")
+
+    rows = list(csv.DictReader(io.StringIO(result.output)))
+    assert [row["reason"] for row in rows] == ['\'=HYPERLINK("x","click")', "'-1+2"]
+    assert [row["address"] for row in rows] == ["pat@example.org", "sam@example.org"]
+
+
 def test_export_writes_every_suppression_as_csv(runtime, clock):
     process(runtime, bounce("Pat+x@Example.org"))
     clock.shift(timedelta(minutes=5))
