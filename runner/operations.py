@@ -459,7 +459,8 @@ def _plugin_event_types(config: Config) -> list[str]:
 def _webhook_row(webhook: Any) -> dict[str, Any]:
     return {
         "webhook_id": webhook.webhook_id,
-        "url": webhook.url,
+        # A URL may carry a password for the proxy in front (user:pw@host).
+        "url": hide_url_password(webhook.url),
         "enabled": webhook.enabled,
         "event_types": list(webhook.event_types or []),
         "inbox_ids": list(webhook.inbox_ids or []),
@@ -468,11 +469,17 @@ def _webhook_row(webhook: Any) -> dict[str, Any]:
 
 
 def _echo_webhook(row: dict[str, Any]) -> None:
+    from runner.events import printable
+
     state = "enabled" if row["enabled"] else "DISABLED"
-    click.echo(f"{row['webhook_id']}  {row['url']}  [{state}]")
-    click.echo(f"  event types: {', '.join(row['event_types']) or '-'}")
+    lines = [
+        f"{row['webhook_id']}  {row['url']}  [{state}]",
+        f"  event types: {', '.join(row['event_types']) or '-'}",
+    ]
     if row["inbox_ids"]:
-        click.echo(f"  inboxes:     {', '.join(row['inbox_ids'])}")
+        lines.append(f"  inboxes:     {', '.join(row['inbox_ids'])}")
+    for line in lines:
+        click.echo(printable(line))
 
 
 @click.group()

@@ -421,6 +421,18 @@ def test_webhooks_list_never_shows_a_secret(double, tmp_path):
     ]
 
 
+def test_webhooks_list_hides_a_password_in_a_webhook_url(double, tmp_path):
+    config = webhook_config(tmp_path, double)
+    run(config, "webhooks", "register", "https://amr:hunter2@runner.example.com/hook")
+
+    text = run(config, "webhooks", "list")
+    rows = json.loads(run(config, "webhooks", "list", "--json").output)
+
+    assert "https://amr:***@runner.example.com/hook  [enabled]" in text.output
+    assert [row["url"] for row in rows] == ["https://amr:***@runner.example.com/hook"]
+    assert "hunter2" not in text.output
+
+
 def test_webhooks_delete_by_url_after_confirmation(double, tmp_path):
     config = webhook_config(tmp_path, double)
     url = "https://runner.example.com/webhook"
