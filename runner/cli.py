@@ -408,9 +408,7 @@ def init(env_file: str) -> None:
     """
     path = Path(env_file)
     existing = path.read_text(encoding="utf-8") if path.exists() else ""
-    if os.environ.get("AGENTMAIL_WEBHOOK_SECRET") or any(
-        line.startswith("AGENTMAIL_WEBHOOK_SECRET=") for line in existing.splitlines()
-    ):
+    if _secret_set_for(path):
         click.echo(f"AGENTMAIL_WEBHOOK_SECRET is already set; {path} left as it is")
         return
     secret = "whsec_" + _throwaway_secret()
@@ -422,9 +420,33 @@ def init(env_file: str) -> None:
         "",
     ]
     separator = "\n" if existing and not existing.endswith("\n") else ""
-    path.write_text(existing + separator + "\n".join(lines), encoding="utf-8")
-    path.chmod(0o600)
+    try:
+        path.write_text(existing + separator + "\n".join(lines), encoding="utf-8")
+        path.chmod(0o600)
+    except OSError as exc:
+        _fail(f"cannot write {path}: {exc.strerror or exc}", 1)
     click.echo(f"wrote a local webhook signing secret to {path}")
+    if path.absolute() != _LOCAL_ENV.absolute():
+        click.echo(
+            f"the runner reads ./.env by itself; load {path} into the environment "
+            f"to use it, for example: set -a; . {path}; set +a"
+        )
+
+
+_LOCAL_ENV = Path(".env")
+
+
+def _secret_set_for(path: Path) -> bool:
+    """Whether a webhook secret is set already, in ``path`` or by the environment
+    (not counting the one the runner itself loaded from ./.env into it)."""
+    from dotenv import dotenv_values
+
+    variable = "AGENTMAIL_WEBHOOK_SECRET"
+    if path.exists() and dotenv_values(path).get(variable):
+        return True
+    from_environment = os.environ.get(variable)
+    local = dotenv_values(_LOCAL_ENV).get(variable) if _LOCAL_ENV.exists() else None
+    return bool(from_environment) and from_environment != local
 
 
 @cli.command()

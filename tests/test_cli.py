@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 import pytest
 from click.testing import CliRunner, Result
+from dotenv import dotenv_values
 from svix.webhooks import Webhook as SvixWebhook
 
 from runner import Event, PermanentError, hookimpl
@@ -725,6 +726,40 @@ def test_init_writes_a_private_env_file_once(tmp_path: Path) -> None:
         "AGENTMAIL_WEBHOOK_SECRET is already set; .env left as it is\n"
     )
     assert env_file.read_text(encoding="utf-8") == written
+
+
+def test_init_writes_another_env_file_even_when_dot_env_has_a_secret(
+    tmp_path: Path,
+) -> None:
+    assert invoke("init").exit_code == 0
+
+    result = invoke("init", "--env-file", "staging.env")
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout == (
+        "wrote a local webhook signing secret to staging.env\n"
+        "the runner reads ./.env by itself; load staging.env into the environment "
+        "to use it, for example: set -a; . staging.env; set +a\n"
+    )
+    assert "AGENTMAIL_WEBHOOK_SECRET=whsec_" in (tmp_path / "staging.env").read_text()
+
+
+def test_init_fills_in_an_empty_secret_and_names_a_directory_it_cannot_write(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / ".env").write_text("AGENTMAIL_WEBHOOK_SECRET=\n", encoding="utf-8")
+
+    filled = invoke("init")
+    missing = invoke("init", "--env-file", "no/such/dir/.env")
+
+    assert filled.exit_code == 0, filled.output
+    assert dotenv_values(tmp_path / ".env")["AGENTMAIL_WEBHOOK_SECRET"].startswith(
+        "whsec_"
+    )
+    assert missing.exit_code == 1
+    assert missing.stderr == (
+        "error: cannot write no/such/dir/.env: No such file or directory\n"
+    )
 
 
 def test_a_plugin_command_missing_because_the_config_is_broken_says_why(
