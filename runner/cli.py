@@ -323,6 +323,15 @@ def _receive_remote(config: Config, url: str, body: bytes, delivery_id: str) -> 
     click.echo(f"{response.status_code} {response.text.strip()}")
     if response.status_code >= 300:
         sys.exit(1)
+    if _answered_dead_letter(response.content):
+        _fail("the event became a dead letter: `events show` on the runner says why", 1)
+
+
+def _answered_dead_letter(answer: bytes) -> bool:
+    try:
+        return bool(json.loads(answer).get("status") == "dead_letter")
+    except (ValueError, AttributeError):
+        return False
 
 
 def _receive_local(

@@ -133,7 +133,7 @@ class Dispatcher:
         try:
             event = Event(parse_payload(row.payload), delivery_id=row.delivery_id or "")
         except ValueError as exc:
-            return Outcome("dead", [f"stored payload is not JSON: {exc}"])
+            return Outcome("dead", [f"the stored payload cannot be read: {exc}"])
 
         outcome = Outcome("done")
         ledger, planned = state if state is not None else self.store.event_state(row.pk)

@@ -366,6 +366,22 @@ def test_receive_url_of_every_corpus_file_then_again_gives_one_reply_per_message
         # Give the workers time to do anything they (wrongly) might.
         time.sleep(0.5)
         assert_one_templated_reply_per_received_message(double)
+
+        garbage = tmp_path / "garbage.json"
+        garbage.write_bytes(b"not json")
+        dead = invoke(
+            "receive",
+            str(garbage),
+            "--url",
+            server.webhook,
+            AGENTMAIL_WEBHOOK_SECRET=SECRET,
+        )
+        assert dead.exit_code == 1
+        assert json.loads(dead.stdout[4:])["status"] == "dead_letter"
+        assert dead.stderr == (
+            "error: the event became a dead letter: `events show` on the runner "
+            "says why\n"
+        )
         assert server.stop(signal.SIGTERM) == 0
 
     payload = load_payload("message-received.json")

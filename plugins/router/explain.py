@@ -55,11 +55,17 @@ def add_commands(cli: click.Group, config: RouterConfig) -> None:
 def _read_event(path: Path) -> Event:
     try:
         payload = json.loads(path.read_bytes())
+        if not isinstance(payload, dict):
+            raise click.ClickException(
+                f"{path} is not a JSON object (a webhook payload)"
+            )
+        event = Event(payload)
     except ValueError as exc:
         raise click.ClickException(f"{path} is not JSON: {exc}") from exc
-    if not isinstance(payload, dict):
-        raise click.ClickException(f"{path} is not a JSON object (a webhook payload)")
-    event = Event(payload)
+    except RecursionError as exc:  # the runner keeps such deliveries as dead letters
+        raise click.ClickException(
+            f"{path} is JSON nested too deep to be a webhook payload"
+        ) from exc
     if not event.matches("message.received") or event.message is None:
         raise click.ClickException(
             f"{path} is a {event.event_type or 'untyped'} event; the router only "

@@ -1005,6 +1005,27 @@ def test_route_explain_refuses_an_event_without_a_message(route_command):
     ) in result.stderr
 
 
+@pytest.mark.parametrize("depth", [600, 200_000])
+def test_route_explain_refuses_json_nested_too_deep(route_command, tmp_path, depth):
+    config = route_command(EXPLAIN_RULES)
+    deep = tmp_path / "deep.json"
+    deep.write_text(
+        '{"event_type": "message.received", "message": '
+        + "[" * depth
+        + "]" * depth
+        + "}"
+    )
+
+    result = CliRunner().invoke(
+        cli, ["--config", str(config), "route", "explain", str(deep)]
+    )
+
+    assert result.exit_code == 1
+    assert f"Error: {deep} is JSON nested too deep to be a webhook payload" in (
+        result.stderr
+    )
+
+
 def test_route_explain_runs_from_the_installed_command(tmp_path, receiver):
     example = EXAMPLE.read_text(encoding="utf-8")
     config = write_config(tmp_path, example)
