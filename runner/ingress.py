@@ -287,6 +287,12 @@ def _unfit(name: str, value: Any, limit: int) -> str | None:
     return None
 
 
+def _not_json(constant: str) -> Any:
+    # Python's decoder takes NaN, Infinity and -Infinity; JSON (RFC 8259) has none,
+    # and PostgreSQL's json refuses them.
+    raise ValueError(f"{constant} is not a JSON value")
+
+
 def _parse(body: bytes) -> tuple[dict[str, Any] | None, str | None]:
     # UTF-8 only, as JSON on the wire must be (RFC 8259): json.loads would also take
     # UTF-16 or UTF-32 bytes, which the store keeps as UTF-8 text and workers could
@@ -296,7 +302,7 @@ def _parse(body: bytes) -> tuple[dict[str, Any] | None, str | None]:
     except UnicodeDecodeError:
         return None, "the body is not UTF-8 text"
     try:
-        payload = json.loads(text)
+        payload = json.loads(text, parse_constant=_not_json)
     except ValueError as exc:
         return None, f"the body is not JSON: {exc}"
     except RecursionError:

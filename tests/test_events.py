@@ -380,3 +380,11 @@ def test_printable_escapes_c0_del_and_c1_and_keeps_other_text(
     text: str, shown: str
 ) -> None:
     assert printable(text) == shown
+
+
+def test_a_message_parses_its_addresses_once() -> None:
+    message = Message({"to": [f"u{n}@example.org" for n in range(50)], "from": "a@b.c"})
+
+    assert message.to is message.to
+    assert message.sender is message.sender
+    assert len(message.to) == 50

@@ -498,6 +498,14 @@ def test_unknown_fields_are_kept_in_the_stored_payload(
             b'{"event_type": ["message.received"], "event_id": "evt-list"}',
             "the event_type is JSON list, not a string",
         ),
+        (
+            b'{"event_type": "message.received", "score": NaN}',
+            "the body is not JSON: NaN is not a JSON value",
+        ),
+        (
+            b'{"event_type": "message.received", "score": -Infinity}',
+            "the body is not JSON: -Infinity is not a JSON value",
+        ),
     ],
     ids=[
         "not-json",
@@ -510,6 +518,8 @@ def test_unknown_fields_are_kept_in_the_stored_payload(
         "bool-id",
         "zero-id",
         "list-type",
+        "nan",
+        "infinity",
     ],
 )
 def test_an_authentic_payload_that_cannot_be_used_becomes_a_dead_letter(
