@@ -687,11 +687,11 @@ def events_list(
 @click.pass_obj
 def events_show(state: State, ref: str, as_json: bool) -> None:
     """One event's story: REF is its #number, event id or delivery id."""
-    from runner.story import event_story, find_event, format_story
+    from runner.story import event_story, format_story
 
     store = _store(state)
     try:
-        row = find_event(store, ref)
+        row = store.get_event(ref)
         if row is None:
             _fail(f"no event {ref}", code=1)
         story = event_story(store, row)

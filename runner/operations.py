@@ -112,11 +112,9 @@ class Picked(NamedTuple):
 
 
 def _named(store: Store, refs: Sequence[str]) -> list[Picked]:
-    from runner.story import find_event
-
     picked = []
     for ref in refs:
-        row = find_event(store, ref)
+        row = store.get_event(ref)
         if row is None:
             _fail(f"no event {ref}: name it by #number, event id or delivery id", 1)
         picked.append(Picked(row.pk, row.status))

@@ -74,12 +74,7 @@ class FailureLimiter:
                     self._buckets.popitem(last=False)
             else:
                 self._buckets.move_to_end(client)
-                # A clock that steps backwards (a test's fake one) must not mint tokens
-                # for time already paid for.
-                if now > bucket.updated:
-                    refill = (now - bucket.updated) * self._rate
-                    bucket.tokens = min(self._burst, bucket.tokens + refill)
-                    bucket.updated = now
+                self._refill(bucket, now)
             if bucket.tokens >= 1.0:
                 bucket.tokens -= 1.0
                 return True
@@ -92,11 +87,16 @@ class FailureLimiter:
             bucket = self._buckets.get(client)
             if bucket is None:
                 return False
-            tokens = bucket.tokens
-            now = self._clock()
-            if now > bucket.updated:
-                tokens = min(self._burst, tokens + (now - bucket.updated) * self._rate)
-            return tokens < 1.0
+            self._refill(bucket, self._clock())
+            return bucket.tokens < 1.0
+
+    def _refill(self, bucket: _Bucket, now: float) -> None:
+        # A clock that steps backwards (a test's fake one) must not mint tokens for
+        # time already paid for.
+        if now > bucket.updated:
+            refill = (now - bucket.updated) * self._rate
+            bucket.tokens = min(self._burst, bucket.tokens + refill)
+            bucket.updated = now
 
     def suppressed(self, client: str) -> int:
         """How many failures from ``client`` went unlogged since the last call; resets

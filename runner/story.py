@@ -6,25 +6,17 @@ import datetime as dt
 import json
 from typing import Any
 
-from sqlalchemy.exc import DataError
-
 from runner.actions import action_from_dict
 from runner.events import parse_payload, printable
 from runner.hookspecs import STAGES
 from runner.store import DEAD, EventRow, Store
 
 __all__ = [
-    "MAX_EVENT_NUMBER",
     "event_story",
-    "find_event",
     "format_story",
     "format_time",
     "why_unusable",
 ]
-
-# Events are numbered by 64-bit signed integers on both engines (SQLite's INTEGER
-# key, PostgreSQL's BIGINT): a larger number names no event.
-MAX_EVENT_NUMBER = 2**63 - 1
 
 # How much of a payload that cannot be read is shown: enough to see what it is.
 RAW_PAYLOAD_CHARS = 1000
@@ -37,28 +29,6 @@ def format_time(ts: float | None) -> str:
 
 
 _STAGE_ORDER = {stage: index for index, stage in enumerate(STAGES)}
-
-
-def find_event(store: Store, ref: str) -> EventRow | None:
-    """The event ``ref`` names (#number, event id or delivery id), if there is one.
-
-    A number that no event can have is found nowhere, rather than handed to the
-    store, whose engines refuse it."""
-    number = ref.removeprefix("#")
-    if not number.isdigit() or _is_event_number(number):
-        return store.get_event(ref)
-    if number != ref:
-        return None
-    # Digits alone are an event id first: the store fails only when it then tries
-    # them as a number.
-    try:
-        return store.get_event(ref)
-    except (OverflowError, ValueError, DataError):
-        return None
-
-
-def _is_event_number(digits: str) -> bool:
-    return digits.isascii() and int(digits) <= MAX_EVENT_NUMBER
 
 
 def why_unusable(row: EventRow) -> str | None:

@@ -37,8 +37,16 @@ from runner.dashboard.suppressions import (
     suppressions_enabled,
 )
 from runner.events import Event, parse_payload
-from runner.store import DEAD, DONE, PENDING, RUNNING, EventRow, StoreUnavailable
-from runner.story import MAX_EVENT_NUMBER, event_story, format_time, why_unusable
+from runner.store import (
+    DEAD,
+    DONE,
+    MAX_EVENT_NUMBER,
+    PENDING,
+    RUNNING,
+    EventRow,
+    StoreUnavailable,
+)
+from runner.story import event_story, format_time, why_unusable
 
 if TYPE_CHECKING:
     from werkzeug.wrappers import Response as BaseResponse

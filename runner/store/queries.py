@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from runner.store.rows import EventRow, PluginActivity
-from runner.store.schema import DEAD, PENDING, events, ledger
+from runner.store.schema import DEAD, MAX_EVENT_NUMBER, PENDING, events, ledger
 
 
 class StoreQueries:
@@ -38,9 +38,12 @@ class StoreQueries:
         delivery id or stored key; digits alone that match none of those are taken
         as a row number ("1" may well be an event id)."""
         if isinstance(ref, int):
+            if ref > MAX_EVENT_NUMBER:
+                return None
             return self._event_where(events.c.id == ref)
         if ref.startswith("#") and ref[1:].isdigit():
-            return self._event_where(events.c.id == int(ref[1:]))
+            number = _row_number(ref[1:])
+            return None if number is None else self._event_where(events.c.id == number)
         found = self._event_where(
             sa.or_(
                 events.c.event_key == ref,
@@ -48,8 +51,8 @@ class StoreQueries:
                 events.c.delivery_id == ref,
             )
         )
-        if found is None and ref.isdigit():
-            found = self._event_where(events.c.id == int(ref))
+        if found is None and (number := _row_number(ref)) is not None:
+            found = self._event_where(events.c.id == number)
         return found
 
     def _event_where(self, condition: Any) -> EventRow | None:
@@ -197,3 +200,12 @@ class StoreQueries:
                     events.c.status == PENDING
                 )
             ).scalar()
+
+
+def _row_number(digits: str) -> int | None:
+    """``digits`` as a row number, or None when no event can have it (a number
+    beyond the keys' range, or digits other than 0-9, such as "²")."""
+    if not (digits.isascii() and digits.isdigit()):
+        return None
+    number = int(digits)
+    return number if number <= MAX_EVENT_NUMBER else None

@@ -30,6 +30,9 @@ metadata = sa.MetaData()
 
 # BIGINT keys on PostgreSQL; SQLite needs INTEGER for its rowid alias.
 _Key = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+# The largest row number either engine's key holds (SQLite's INTEGER, PostgreSQL's
+# BIGINT): a larger number names no event.
+MAX_EVENT_NUMBER = 2**63 - 1
 
 events = sa.Table(
     "events",
